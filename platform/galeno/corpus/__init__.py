@@ -1,0 +1,1 @@
+"""Corpus stage: raw multi-format sources -> clean, deduplicated Spanish corpus (Ray Data)."""

@@ -1,0 +1,42 @@
+"""Where every stage reads and writes: one artifact root, one path function per stage output.
+
+Stages find each other's outputs only through these functions, never through hand-built
+strings, so moving a folder is a one-line change here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def artifact_root() -> Path:
+    """``$GALENO_HOME`` or ``./artifacts``: the default parent of every stage's output."""
+    return Path(os.environ.get("GALENO_HOME", "artifacts"))
+
+
+# --- corpus stage (output contract: docs/corpus.md)
+def corpus_documents(out: str | Path) -> Path:
+    return Path(out) / "documents"
+
+
+def corpus_rejected(out: str | Path) -> Path:
+    return Path(out) / "rejected"
+
+
+def corpus_manifest(out: str | Path) -> Path:
+    return Path(out) / "manifest.json"
+
+
+def corpus_report(out: str | Path) -> Path:
+    return Path(out) / "report.md"
+
+
+def corpus_work(out: str | Path) -> Path:
+    """Intermediate state of a corpus run (resumable shards); safe to delete after a run."""
+    return Path(out) / "_work"
+
+
+def corpus_local_shards(out: str | Path, tag: str) -> Path:
+    """Per-input-shard output of the document-local steps; ``tag`` hashes the config they used."""
+    return corpus_work(out) / f"local-{tag}"
