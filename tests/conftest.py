@@ -26,8 +26,10 @@ def ray_local():
     import ray.data
 
     if not ray.is_initialized():
+        from galeno.runtime import LOCAL_SYSTEM_CONFIG
+
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONHASHSEED": "0"}})
+                 _system_config=LOCAL_SYSTEM_CONFIG)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray

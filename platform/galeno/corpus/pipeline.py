@@ -1,0 +1,398 @@
+"""The corpus job: raw multi-format sources -> clean, deduplicated Spanish corpus on Ray Data.
+
+Two phases, both Ray Data transformations:
+
+1. **Local** (per document, embarrassingly parallel): read -> repair encoding -> split
+   sentences -> language id -> sentence filters -> decontamination. Input files are grouped
+   into shards of ``shard_mb``; each shard's rows are committed atomically as one Parquet file
+   named after the shard's files and the config of these steps. An interrupted run resumes at
+   shard granularity: committed shards are skipped, nothing is written twice.
+2. **Global** (needs shuffles): repeated sentences within and across corpora, then exact and
+   near-duplicate documents (MinHash LSH, verified pairs, distributed connected components).
+
+Finally rows are hash-assigned by key to ``output_shards`` files, sorted, and written, so a
+rerun with the same config gives byte-identical Parquet. Every input document ends up exactly
+once in ``documents/`` or, with a reason, in ``rejected/`` (docs/corpus.md: the contract).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from galeno import __version__, paths
+from galeno.config import config_hash, from_dict, to_dict
+from galeno.corpus.config import CorpusConfig, SourceConfig
+from galeno.corpus.document import Document, to_row
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- shard plan
+@dataclass(frozen=True)
+class Shard:
+    """A group of input files of one source: the unit of parallelism and of resume."""
+
+    id: str
+    source: str
+    format: str
+    priority: int
+    root: str
+    files: tuple[str, ...]
+
+
+def plan_shards(cfg: CorpusConfig) -> list[Shard]:
+    """Group each source's files into shards of about ``shard_mb``; names change with content."""
+    from galeno.corpus.readers import expand_source, source_root
+
+    shards: list[Shard] = []
+    budget = cfg.shard_mb * 2**20
+    for src in cfg.sources:
+        files = expand_source(src.path, src.format)
+        root = source_root(src.path)
+        groups: list[list[str]] = [[]]
+        size = 0.0
+        for path in files:
+            fsize = os.path.getsize(path)
+            if groups[-1] and size + fsize > budget:
+                groups.append([])
+                size = 0.0
+            groups[-1].append(path)
+            size += fsize
+        for i, group in enumerate(g for g in groups if g):
+            stamp = config_hash([[p, os.path.getsize(p), int(os.path.getmtime(p))] for p in group], 8)
+            shards.append(Shard(f"{src.name}-{i:05d}-{stamp}", src.name, src.format,
+                                cfg.priority(src), root, tuple(group)))
+    return shards
+
+
+def local_tag(cfg: CorpusConfig) -> str:
+    """Hash of everything the local phase depends on: a changed parameter never reuses output."""
+    return config_hash({
+        "version": __version__,
+        "sources": [[s.name, s.format, cfg.priority(s)] for s in cfg.sources],
+        "steps": [to_dict(cfg.normalize), to_dict(cfg.split), to_dict(cfg.langid),
+                  to_dict(cfg.filters), to_dict(cfg.decontaminate)],
+    })
+
+
+# --------------------------------------------------------------------------- local phase
+class LocalSteps:
+    """Steps 1-4 and 7 on one document; built once per Ray worker (models load once)."""
+
+    def __init__(self, cfg: CorpusConfig):
+        from galeno.corpus.decontam import Decontaminator
+        from galeno.corpus.filters import build_sentence_filters
+        from galeno.corpus.langid import LanguageIdentifier
+        from galeno.corpus.sentences import ClinicalSentenceSplitter
+
+        self.cfg = cfg
+        self.splitter = ClinicalSentenceSplitter(cfg.split.extra_abbreviations)
+        self.lid = LanguageIdentifier(cfg.langid)
+        self.filters = [pred for _, pred in build_sentence_filters(cfg.filters)]
+        self.decontam = (Decontaminator.from_config(cfg.decontaminate)
+                         if cfg.decontaminate.paths else None)
+
+    def __call__(self, doc: Document) -> Document:
+        from galeno.corpus.normalize import normalize_text
+
+        if doc.reason:  # rejected by the reader (malformed record, corrupt file, ...)
+            return doc
+        text, fixes = normalize_text(doc.text, self.cfg.normalize)
+        fixes = {k: v for k, v in fixes.items() if v}
+        if fixes:
+            doc.meta["fixes"] = fixes
+        doc.text = text
+        doc.n_words_in = len(text.split())
+        if not text.strip():
+            return doc.reject("empty")
+        doc.sentences = self.splitter.split(text)
+        doc.n_sentences_in = len(doc.sentences)
+        if not doc.sentences:
+            return doc.reject("no_sentences")
+        lang, score, _ = self.lid.detect(text)
+        doc.lang, doc.lang_score = lang, score
+        why = self.lid.document_predicate(text)
+        if why:
+            return doc.reject(why)
+        for predicate in self.filters:
+            doc.apply(predicate)
+        if self.decontam is not None:
+            doc.apply(self.decontam.predicate)
+        if self.cfg.langid.sentence_level:
+            doc.apply(self.lid.sentence_predicate(self.cfg.langid.language))
+        if not doc.sentences:
+            return doc.reject("all_sentences_dropped")
+        return doc
+
+
+def row_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()), ("id", pa.string()), ("source", pa.string()),
+        ("priority", pa.int32()), ("meta", pa.string()), ("reason", pa.string()),
+        ("duplicate_of", pa.string()), ("sentences", pa.list_(pa.string())),
+        ("sentence_drops", pa.string()), ("n_sentences_in", pa.int64()),
+        ("n_words_in", pa.int64()), ("bad_bytes", pa.int64()), ("lang", pa.string()),
+        ("lang_score", pa.float64()),
+    ])
+
+
+def read_shard(shard: Shard) -> Iterator[Document]:
+    from galeno.corpus.readers import read_file
+
+    for path in shard.files:
+        yield from read_file(path, shard.format, shard.source, root=shard.root)
+
+
+def commit_parquet(table, path: Path) -> None:
+    """Write then rename: a reader (or a resumed run) never sees a half-written file."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+class ShardWorker:
+    """Ray Data actor: one input shard in, one committed Parquet file of rows out."""
+
+    def __init__(self, cfg: dict[str, Any], out_dir: str):
+        self.cfg = from_dict(CorpusConfig, cfg)
+        self.out_dir = Path(out_dir)
+        self.steps = LocalSteps(self.cfg)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        import pyarrow as pa
+
+        done: dict[str, list] = {"shard": [], "documents": [], "seconds": []}
+        for spec in batch["spec"]:
+            t0 = time.perf_counter()
+            shard = Shard(**{**json.loads(spec), "files": tuple(json.loads(spec)["files"])})
+            rows = [to_row(self.steps(doc), shard.priority) for doc in read_shard(shard)]
+            commit_parquet(pa.Table.from_pylist(rows, schema=row_schema()),
+                           self.out_dir / f"{shard.id}.parquet")
+            done["shard"].append(shard.id)
+            done["documents"].append(len(rows))
+            done["seconds"].append(time.perf_counter() - t0)
+        return done
+
+
+def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path) -> dict[str, Any]:
+    import ray
+    import ray.data
+
+    pending = [s for s in shards
+               if not (cfg.resume and (out_dir / f"{s.id}.parquet").exists())]
+    skipped = len(shards) - len(pending)
+    if skipped:
+        log.info("resume: %d of %d shards already committed, skipping them", skipped, len(shards))
+    if pending:
+        cpus = int(ray.available_resources().get("CPU", 1)) or 1
+        specs = [{"spec": json.dumps(asdict(s))} for s in pending]
+        ds = ray.data.from_items(specs, override_num_blocks=len(specs))
+        ds.map_batches(ShardWorker, batch_size=1, concurrency=(1, max(1, min(cpus, len(pending)))),
+                       fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir)}).materialize()
+    return {"shards": len(shards), "shards_skipped_on_resume": skipped}
+
+
+# --------------------------------------------------------------------------- output
+def _out_columns():
+    import pyarrow as pa
+
+    documents = pa.schema([
+        ("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
+        ("n_sentences", pa.int64()), ("n_words", pa.int64()), ("n_chars", pa.int64()),
+        ("lang", pa.string()), ("meta", pa.string()),
+    ])
+    rejected = pa.schema([
+        ("id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+        ("duplicate_of", pa.string()), ("duplicate_of_source", pa.string()), ("meta", pa.string()),
+    ])
+    return documents, rejected
+
+
+def _shard_of(key: str, n: int) -> int:
+    import xxhash
+
+    return xxhash.xxh64_intdigest(key.encode()) % n
+
+
+class OutputWriter:
+    """Writes the rows of one or more output shards, sorted by key, and returns their counts."""
+
+    def __init__(self, tmp_dir: str):
+        self.tmp_dir = Path(tmp_dir)
+
+    def __call__(self, df):
+        import pandas as pd
+        import pyarrow as pa
+
+        doc_schema, rej_schema = _out_columns()
+        stats = []
+        for shard, part in df.groupby("out_shard", sort=True):
+            part = part.sort_values("key", kind="stable")
+            dup_key = part["key"].duplicated(keep="first")
+            kept, rejected = [], []
+            counts: dict[str, dict] = {}
+            for row, is_dup in zip(part.to_dict("records"), dup_key):
+                reason = "duplicate_id" if is_dup else row["reason"]
+                c = counts.setdefault(row["source"], _empty_counts())
+                sentences = list(row["sentences"]) if reason is None else []
+                _count(c, row, reason, sentences)
+                if reason is None:
+                    text = "\n".join(sentences)
+                    kept.append({"id": row["id"], "source": row["source"], "text": text,
+                                 "n_sentences": len(sentences), "n_words": len(text.split()),
+                                 "n_chars": len(text), "lang": row["lang"], "meta": row["meta"]})
+                else:
+                    rejected.append({"id": row["id"], "source": row["source"], "reason": reason,
+                                     "duplicate_of": row.get("duplicate_of"),
+                                     "duplicate_of_source": row.get("duplicate_of_source"),
+                                     "meta": row["meta"]})
+            commit_parquet(pa.Table.from_pylist(kept, schema=doc_schema),
+                           self.tmp_dir / "documents" / f"part-{int(shard):05d}.parquet")
+            commit_parquet(pa.Table.from_pylist(rejected, schema=rej_schema),
+                           self.tmp_dir / "rejected" / f"part-{int(shard):05d}.parquet")
+            stats.extend({"shard": int(shard), "source": s, "counts": json.dumps(c)}
+                         for s, c in counts.items())
+        return pd.DataFrame(stats, columns=["shard", "source", "counts"])
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {"documents_in": 0, "documents_out": 0, "sentences_in": 0, "sentences_out": 0,
+            "sentences_dropped_with_documents": 0, "words_in": 0, "words_out": 0,
+            "chars_out": 0, "bad_bytes": 0, "document_drops": {}, "sentence_drops": {},
+            "fixes": {}}
+
+
+def _count(c: dict[str, Any], row: dict[str, Any], reason: str | None, kept: list[str]) -> None:
+    drops = json.loads(row["sentence_drops"]) if row["sentence_drops"] else {}
+    c["documents_in"] += 1
+    c["sentences_in"] += int(row["n_sentences_in"])
+    c["words_in"] += int(row["n_words_in"])
+    c["bad_bytes"] += int(row["bad_bytes"])
+    for k, v in drops.items():
+        c["sentence_drops"][k] = c["sentence_drops"].get(k, 0) + int(v)
+    for k, v in json.loads(row["meta"]).get("fixes", {}).items():
+        c["fixes"][k] = c["fixes"].get(k, 0) + int(v)
+    if reason is None:
+        c["documents_out"] += 1
+        c["sentences_out"] += len(kept)
+        c["words_out"] += sum(len(s.split()) for s in kept)
+        c["chars_out"] += len("\n".join(kept))
+    else:
+        c["document_drops"][reason] = c["document_drops"].get(reason, 0) + 1
+        c["sentences_dropped_with_documents"] += max(
+            0, int(row["n_sentences_in"]) - sum(int(v) for v in drops.values()))
+
+
+def _merge_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for k, v in part.items():
+        if isinstance(v, dict):
+            for r, n in v.items():
+                total[k][r] = total[k].get(r, 0) + n
+        else:
+            total[k] += v
+
+
+def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]:
+    """Hash-assign rows to output shards, write them sorted, swap the folders in atomically."""
+    import pyarrow as pa
+
+    n = cfg.output_shards
+    tmp = paths.corpus_work(out) / "output.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def assign(df):
+        df["out_shard"] = [_shard_of(k, n) for k in df["key"]]
+        return df
+
+    stats = (ds.map_batches(assign, batch_format="pandas")
+               .repartition(n, keys=["out_shard"])
+               .map_batches(OutputWriter, batch_format="pandas", batch_size=None,
+                            fn_constructor_kwargs={"tmp_dir": str(tmp)}, concurrency=1)
+               .take_all())
+    doc_schema, rej_schema = _out_columns()
+    for i in range(n):  # shards that received no rows still exist, so the layout is fixed
+        for sub, schema in (("documents", doc_schema), ("rejected", rej_schema)):
+            f = tmp / sub / f"part-{i:05d}.parquet"
+            if not f.exists():
+                commit_parquet(pa.Table.from_pylist([], schema=schema), f)
+    for sub, final in (("documents", paths.corpus_documents(out)), ("rejected", paths.corpus_rejected(out))):
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp / sub, final)
+    per_source: dict[str, dict[str, Any]] = {}
+    for row in sorted(stats, key=lambda r: (r["source"], r["shard"])):
+        _merge_counts(per_source.setdefault(row["source"], _empty_counts()), json.loads(row["counts"]))
+    return per_source
+
+
+# --------------------------------------------------------------------------- job
+def absolute_paths(cfg: CorpusConfig) -> CorpusConfig:
+    """Resolve every path against the driver's working directory before workers see them.
+
+    On a multi-node cluster, inputs and ``output`` must live on storage all nodes mount
+    (NFS, EFS, Lustre): workers write their shards there directly.
+    """
+    cfg = from_dict(CorpusConfig, to_dict(cfg))
+    for src in cfg.sources:
+        src.path = os.path.abspath(src.path)
+    cfg.decontaminate.paths = [os.path.abspath(p) for p in cfg.decontaminate.paths]
+    cfg.output = os.path.abspath(cfg.output)
+    return cfg
+
+
+def run(cfg: CorpusConfig) -> dict[str, Any]:
+    """Run the whole corpus job; returns the manifest (also written to ``manifest.json``)."""
+    import ray.data
+
+    from galeno.corpus.dedup import dedup_documents, dedup_sentences
+    from galeno.corpus.report import write_manifest_and_report
+    from galeno.runtime import init_ray
+
+    if not cfg.sources:
+        raise ValueError("no sources: give --source NAME=FORMAT:PATH or a --config with sources")
+    t0 = time.time()
+    cfg = absolute_paths(cfg)
+    out = Path(cfg.output)
+    init_ray(cfg.ray)
+    timings: dict[str, float] = {}
+
+    shards = plan_shards(cfg)
+    local_dir = paths.corpus_local_shards(out, local_tag(cfg))
+    log.info("corpus: %d sources, %d shards -> %s", len(cfg.sources), len(shards), out)
+    t = time.time()
+    resume_info = run_local_phase(cfg, shards, local_dir)
+    timings["local"] = time.time() - t
+
+    t = time.time()
+    ds = ray.data.read_parquet([str(local_dir / f"{s.id}.parquet") for s in shards])
+    if cfg.line_dedup.enabled:
+        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
+    if cfg.minhash.enabled:
+        ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions)
+    per_source = write_outputs(ds, cfg, out)
+    timings["global_and_write"] = time.time() - t
+
+    manifest = {
+        "galeno_version": __version__,
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "local_tag": local_tag(cfg),
+        "sources": per_source,
+        "elapsed_seconds": round(time.time() - t0, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
+        **resume_info,
+    }
+    write_manifest_and_report(manifest, cfg, out)
+    return manifest
