@@ -28,7 +28,7 @@ def ray_local():
     if not ray.is_initialized():
         from galeno.runtime import LOCAL_SYSTEM_CONFIG
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _system_config=LOCAL_SYSTEM_CONFIG)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

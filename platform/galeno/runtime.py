@@ -45,7 +45,7 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+            ray.init(address="local", num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
         log.info("Ray: %s", ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress_bars

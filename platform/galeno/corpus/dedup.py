@@ -507,6 +507,10 @@ def dedup_documents(ds: "ray.data.Dataset", cfg: MinHashConfig, num_partitions: 
     n_edges = edges.count()
     log.info("dedup_documents[%s]: %d edges (exact links + verified near pairs)", cfg.tag(), n_edges)
 
+    if not n_edges:
+        # Nothing to label. (Also sidesteps Ray Data's reduce, which cannot concatenate the
+        # schema-less empty blocks an empty side produces with typed document blocks.)
+        return docs
     side = links.map_batches(_label_side, fn_kwargs={"column": "_rep"}, batch_format="pyarrow")
     if n_edges:
         labels, rounds = connected_components(edges, num_partitions)

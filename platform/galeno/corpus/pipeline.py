@@ -378,7 +378,9 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     t = time.time()
     ds = ray.data.read_parquet([str(local_dir / f"{s.id}.parquet") for s in shards])
     if cfg.line_dedup.enabled:
-        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
+        # Document dedup reads its input more than once: materialise so the sentence
+        # shuffles run once, not once per reader.
+        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions).materialize()
     if cfg.minhash.enabled:
         ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions)
     per_source = write_outputs(ds, cfg, out)

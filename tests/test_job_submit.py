@@ -1,0 +1,73 @@
+"""`ray job submit` of a job against a real local Ray cluster (`ray start --head`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A head node on loopback with token auth (Ray's default for local clusters since 2.59)."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        pytest.skip("the ray CLI is not installed")
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+         "--disable-usage-stats", "--block"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
+                               capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text()[-3000:])
+    yield ray_bin, address, env
+    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+    head.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_clean_corpus_under_ray_job_submit(ray_head, tmp_path):
+    ray_bin, address, env = ray_head
+    out = tmp_path / "corpus"
+    done = subprocess.run(
+        [ray_bin, "job", "submit", "--address", address,
+         "--runtime-env", "configs/ray/runtime-env.yaml", "--",
+         "python", "jobs/clean_corpus.py", "--config", "configs/corpus/sample.yaml",
+         f"output={out}", "ray.progress_bars=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "succeeded" in done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total"]["documents_in"] > 700
+    assert manifest["total"]["documents_out"] > 0
+    assert list((out / "documents").glob("*.parquet"))

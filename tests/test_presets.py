@@ -1,0 +1,43 @@
+"""Every YAML preset in configs/ loads into the config class of its stage, with no stale keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from galeno.config import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage_config(stage: str):
+    if stage == "corpus":
+        from galeno.corpus.config import CorpusConfig
+        return CorpusConfig
+    raise AssertionError(f"configs/{stage}/ has no config class: add it to tests/test_presets.py")
+
+
+PRESETS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "ray")
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_preset_loads(preset: Path):
+    cfg = load(stage_config(preset.parent.name), preset)
+    assert cfg is not None
+    if preset.parent.name == "corpus":
+        assert cfg.sources, "a corpus preset lists its sources"
+        for src in cfg.sources:
+            if not src.path.startswith("../shared"):  # shipped data must exist in the repo
+                assert list(REPO.glob(src.path)) or (REPO / src.path).exists(), src.path
+
+
+def test_presets_exist():
+    assert any(p.name == "sample.yaml" for p in PRESETS)
+
+
+def test_ray_runtime_env_ships_the_package():
+    env = yaml.safe_load((REPO / "configs" / "ray" / "runtime-env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert (REPO / env["py_modules"][0] / "__init__.py").exists()
