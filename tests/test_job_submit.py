@@ -42,11 +42,12 @@ def ray_head(tmp_path):
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        probe = subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
-                               capture_output=True, text=True)
+        # `job list` answers before the job agent can take submissions: probe with a no-op job.
+        probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--", "true"],
+                               env=env, capture_output=True, text=True)
         if probe.returncode == 0:
             break
-        time.sleep(2)
+        time.sleep(3)
     else:
         os.killpg(head.pid, signal.SIGTERM)
         pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text()[-3000:])
