@@ -76,7 +76,7 @@ class LangIdConfig:
     sentence_level: bool = True
     """Also drop single sentences in another language from kept documents (langdetect must agree)."""
     min_sentence_words: int = 4
-    """Sentences with fewer words (tokens holding a letter) inherit the document's language."""
+    """Sentences with fewer ordinary words (lowercase alphabetic tokens) inherit the document's language: names, addresses, units and numbers ("Domicilio: Calle Miguel Benitez 90.") carry no language signal."""
     min_document_words: int = 12
     """Documents with fewer words are too short for one identifier's verdict: they are dropped only when the fast model and langdetect both name the same other language with at least ``short_document_confidence``."""
     short_document_confidence: float = 0.9
@@ -143,6 +143,16 @@ def _prepare(text: str, max_chars: int) -> str:
     if 2 * len(_UPPER_LATIN.findall(head)) > len(_LETTER.findall(head)):
         return text.lower()
     return text
+
+
+def _ordinary_words(sentence: str) -> int:
+    """Lowercase alphabetic tokens: the words that tell a language (not names, codes, numbers)."""
+    n = 0
+    for token in sentence.split():
+        token = token.strip(".,;:()[]¿?¡!\"'«»")
+        if len(token) > 1 and token.isalpha() and token.islower():
+            n += 1
+    return n
 
 
 class LanguageIdentifier:
@@ -255,7 +265,7 @@ class LanguageIdentifier:
         stats = self.stats
 
         def language_of_sentence(sentence: str) -> Optional[str]:
-            if len(_WORD.findall(sentence)) < min_words:
+            if _ordinary_words(sentence) < min_words:
                 stats["sentence_inherited"] += 1
                 return inherited
             prepared = _prepare(sentence, self.cfg.max_chars)
