@@ -36,6 +36,10 @@ def ray_head(tmp_path):
     head = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+         # Own agent ports: the session's local Ray (other tests) already holds the defaults,
+         # and a head whose job agent cannot bind never accepts a submission.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
          "--disable-usage-stats", "--block"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -50,7 +54,8 @@ def ray_head(tmp_path):
         time.sleep(3)
     else:
         os.killpg(head.pid, signal.SIGTERM)
-        pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text()[-3000:])
+        pytest.fail("ray head did not take jobs:\n" + probe.stdout[-2000:] + probe.stderr[-2000:]
+                    + "\n--- head log ---\n" + (tmp_path / "head.log").read_text()[-1500:])
     yield ray_bin, address, env
     os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
     head.wait(timeout=60)
