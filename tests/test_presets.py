@@ -16,6 +16,12 @@ def stage_config(stage: str):
     if stage == "corpus":
         from galeno.corpus.config import CorpusConfig
         return CorpusConfig
+    if stage == "tokenizer":
+        from galeno.tokenizer import TokenizerConfig
+        return TokenizerConfig
+    if stage == "pretrain":
+        from galeno.train.config import PretrainConfig
+        return PretrainConfig
     raise AssertionError(f"configs/{stage}/ has no config class: add it to tests/test_presets.py")
 
 

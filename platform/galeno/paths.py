@@ -40,3 +40,38 @@ def corpus_work(out: str | Path) -> Path:
 def corpus_local_shards(out: str | Path, tag: str) -> Path:
     """Per-input-shard output of the document-local steps; ``tag`` hashes the config they used."""
     return corpus_work(out) / f"local-{tag}"
+
+
+# --- tokenizer stage
+def tokenizer_report(out: str | Path) -> Path:
+    """Fertility / unknown-rate report written beside the Hugging Face tokenizer files."""
+    return Path(out) / "tokenizer_report.json"
+
+
+# --- pretraining stage (docs/pretraining.md)
+def packed_data(out: str | Path, tag: str) -> Path:
+    """Packed, tokenised sequences of one run; ``tag`` hashes corpus, tokenizer and packing config."""
+    return Path(out) / f"packed-{tag}"
+
+
+def packed_split(packed: str | Path, split: str) -> Path:
+    return Path(packed) / split
+
+
+def packed_manifest(packed: str | Path) -> Path:
+    return Path(packed) / "manifest.json"
+
+
+def train_storage(out: str | Path) -> Path:
+    """Ray Train storage of a run: checkpoints (DeepSpeed shards per rank) and run state."""
+    return Path(out) / "ray"
+
+
+def model_export(out: str | Path) -> Path:
+    """The final Hugging Face model directory (consolidated weights + tokenizer)."""
+    return Path(out) / "model"
+
+
+def metrics_log(out: str | Path) -> Path:
+    """Per-step metrics of rank 0 as JSON lines (also reported to Ray Train and MLflow)."""
+    return Path(out) / "metrics.jsonl"
