@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 from galeno import paths  # noqa: E402
 from galeno.config import ConfigError, load  # noqa: E402
 from galeno.corpus.readers import read_file  # noqa: E402
+from tests.builders import write_corpus as _write_corpus  # noqa: E402
 from galeno.tokenizer import SPECIAL_TOKENS, TokenizerConfig, is_heldout, main, train_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,26 +30,6 @@ TEXTS = [
     "La paciente, de 45 años, presentó hipocaliemia (K+ 2,9 mEq/l) y pH 7,32.",
     "Ñandú, pingüino, CAFÉ; años 1998–2003 «entre comillas» 10³ µg ½ comprimido.",
 ]
-
-
-def _write_corpus(out: Path, docs: list[dict]) -> Path:
-    """``docs`` as the corpus job writes them: documents/part-NNNNN.parquet and manifest.json."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = paths.corpus_documents(out)
-    folder.mkdir(parents=True)
-    rows = [{"id": d["id"], "source": d["source"], "text": d["text"],
-             "n_sentences": d["text"].count("\n") + 1, "n_words": len(d["text"].split()),
-             "n_chars": len(d["text"]), "lang": "es", "meta": "{}"} for d in docs]
-    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
-                        ("n_sentences", pa.int64()), ("n_words", pa.int64()),
-                        ("n_chars", pa.int64()), ("lang", pa.string()), ("meta", pa.string())])
-    half = len(rows) // 2
-    for n, part in enumerate((rows[:half], rows[half:])):
-        pq.write_table(pa.Table.from_pylist(part, schema=schema), folder / f"part-{n:05d}.parquet")
-    paths.corpus_manifest(out).write_text(json.dumps({"total": {"documents_out": len(rows)}}))
-    return out
 
 
 def _planted(word: str, heldout: bool) -> dict:

@@ -19,7 +19,6 @@ are imported only when a tokenizer is trained, because every Ray worker imports 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from galeno import paths
+from galeno.hashing import file_hash, is_heldout
 from galeno.config import Flag, config_hash, parse_cli, set_field, to_dict
 from galeno.corpus.readers import FORMATS, expand_source, read_file, source_root
 
@@ -90,16 +90,6 @@ class TokenizerConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         for spec in self.eval_paths:
             parse_eval_path(spec)
-
-
-def is_heldout(source: str, doc_id: str, fraction: float) -> bool:
-    """Whether a corpus document is kept out of training: a hash, so no state and no drift.
-
-    Source and id rather than the corpus's internal sort key: that key holds the source's
-    priority, which changes when the corpus config lists its sources in another order.
-    """
-    digest = hashlib.blake2b(f"{source}\x1f{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2**64
 
 
 # --------------------------------------------------------------------------- reading
@@ -216,10 +206,6 @@ def measure(tok: Any, texts: Iterable[str], batch_rows: int = 1024) -> dict[str,
     return {"documents": documents, "words": words, "chars": chars, "tokens": tokens,
             "fertility": _ratio(tokens, words), "unknown_rate": _ratio(unknown, tokens),
             "chars_per_token": _ratio(chars, tokens)}
-
-
-def file_hash(path: str | Path, length: int = 12) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:

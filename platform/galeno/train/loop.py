@@ -21,7 +21,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
 
@@ -224,6 +224,10 @@ def _maybe_kill(trainer: TrainerConfig, state: RunState, rank: int, world_size: 
     if not trainer.kill_at_step or state.step != trainer.kill_at_step or state.resumed_from:
         return
     if rank == min(1, world_size - 1):
+        # Ray Train's controller collects reported checkpoints when it polls the workers (every
+        # 2 s by default); a worker dying before that poll loses the report still in flight.
+        # A real failure lands long after the last checkpoint, so the drill waits out two polls.
+        time.sleep(5)
         log.warning("fault drill: killing rank %d at step %d", rank, state.step)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -243,7 +247,8 @@ def run_worker(task, trainer: TrainerConfig, optim: OptimConfig, *, train_epoch:
     state = RunState()
     with reporter.latest_checkpoint() as ckpt:
         if ckpt:
-            state = RunState(**engine.load(ckpt, CHECKPOINT_TAG))
+            saved = engine.load(ckpt, CHECKPOINT_TAG)  # DeepSpeed returns its own keys too
+            state = RunState(**{f.name: saved[f.name] for f in fields(RunState) if f.name in saved})
             state.resumed_from = state.step
             log.info("rank %d resumed from %s at step %d", rank, ckpt, state.step)
     peak = peak_tflops(device, precision, trainer.peak_tflops)

@@ -14,7 +14,6 @@ so the same documents are held out whatever the packing or the number of workers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 
 from galeno import paths
 from galeno.config import config_hash, to_dict
+from galeno.hashing import file_hash, is_heldout
 from galeno.train.config import MLMDataConfig
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,8 @@ log = logging.getLogger(__name__)
 PACKED_COLUMNS = ("input_ids", "length", "content_tokens", "split", "source", "docs", "cut_sentences", "reason")
 
 
-def file_digest(path: str | Path, length: int = 12) -> str:
-    """sha256 of a file (empty string if absent): tokenizer and manifest identities for lineage."""
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:length] if p.is_file() else ""
-
-
 def tokenizer_digest(tokenizer_dir: str | Path) -> str:
-    return file_digest(Path(tokenizer_dir) / "tokenizer.json")
-
-
-def is_validation(key: str, fraction: float) -> bool:
-    """Stable held-out choice: the same key is held out on every machine and every run."""
-    if fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-    return h / 2**64 < fraction
+    return file_hash(Path(tokenizer_dir) / "tokenizer.json")
 
 
 @lru_cache(maxsize=4)
@@ -115,15 +101,14 @@ def pack_batch(batch: dict[str, np.ndarray], cfg: dict[str, Any]):
     out: dict[str, list] = {c: [] for c in PACKED_COLUMNS}
     groups: dict[tuple[str, str], list[tuple[str, list[list[int]]]]] = {}
     for doc_id, source, text in zip(batch["id"], batch["source"], batch["text"]):
-        key = f"{source}/{doc_id}"
         sentences = [s for s in str(text or "").split("\n") if s.strip()]  # one sentence per line
         ids = tok(sentences, add_special_tokens=False, verbose=False)["input_ids"] if sentences else []
         if not any(ids):
             _add(out, {"input_ids": [], "content_tokens": 0, "docs": 1, "cut_sentences": 0},
                  "rejected", source, "empty_document")
             continue
-        split = "val" if is_validation(key, data.val_fraction) else "train"
-        groups.setdefault((split, source), []).append((key, ids))
+        split = "val" if is_heldout(str(source), str(doc_id), data.val_fraction) else "train"
+        groups.setdefault((split, source), []).append((f"{source}/{doc_id}", ids))
     cross = data.pack_mode == "full_sentences"
     for (split, source), units in groups.items():
         for row in pack_units(units, max_content, tok.bos_token_id, tok.eos_token_id, cross):
@@ -149,7 +134,7 @@ def packing_tag(cfg: MLMDataConfig) -> str:
     """Names the packed folder: a changed tokenizer, corpus or packing never reuses stale data."""
     return config_hash({
         "tokenizer": tokenizer_digest(cfg.tokenizer),
-        "corpus": file_digest(paths.corpus_manifest(cfg.corpus)),
+        "corpus": file_hash(paths.corpus_manifest(cfg.corpus)),
         "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction,
     })
 
@@ -183,7 +168,7 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
     groups = packed.map_batches(_batch_totals, batch_format="pyarrow").take_all()  # one row per block
     manifest: dict[str, Any] = {
         "config": cfg_dict, "tag": packing_tag(cfg), "tokenizer_hash": tokenizer_digest(cfg.tokenizer),
-        "corpus_manifest_hash": file_digest(paths.corpus_manifest(cfg.corpus)),
+        "corpus_manifest_hash": file_hash(paths.corpus_manifest(cfg.corpus)),
         "splits": {s: _totals([], cfg.seq_len) for s in ("train", "val")}, "sources": {}, "rejected": {}}
     for g in sorted(groups, key=lambda g: (g["split"], g["source"], g["reason"])):
         if g["split"] == "rejected":
