@@ -8,9 +8,9 @@ TORCH_VERSION ?= 2.13.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast corpus-shared bench bench-setup clean help
+.PHONY: install demo test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup clean help
 help:
-	@echo "make demo | test | test-fast | corpus-shared | bench | clean"
+	@echo "make demo | test | test-fast | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## the main job end to end on the shipped sample (local Ray)
+demo: install  ## corpus → tokenizer → tiny RoBERTa pretraining on the shipped sample (local Ray)
 	$(PY) jobs/clean_corpus.py --config configs/corpus/sample.yaml
-	@echo "report: artifacts/corpus-sample/report.md"
+	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/sample.yaml
+	$(PY) jobs/pretrain.py --config configs/pretrain/tiny-cpu.yaml
+	@echo "corpus report: artifacts/corpus-sample/report.md"
+	@echo "model: artifacts/pretrain/tiny-cpu/model (metrics: artifacts/pretrain/tiny-cpu/metrics.jsonl)"
+
+tokenizer-shared: install  ## 52k byte-level BPE on the shared corpus (after make corpus-shared)
+	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/shared.yaml
+
+bench-pretrain: install  ## our training loop vs a plain Hugging Face Trainer (tokens/s)
+	$(PY) benchmarks/pretrain_throughput.py
 
 test: install  ## everything CI runs
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

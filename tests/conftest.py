@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +41,48 @@ def ray_local():
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A head node on loopback with token auth (Ray's default for local clusters since 2.59), shared by the
+    job-submission tests."""
+    tmp_path = tmp_path_factory.mktemp("ray-head")
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        pytest.skip("the ray CLI is not installed")
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+         # Own agent ports: the session's local Ray (other tests) already holds the defaults,
+         # and a head whose job agent cannot bind never accepts a submission.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         "--disable-usage-stats", "--block"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        # `job list` answers before the job agent can take submissions: probe with a no-op job.
+        probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--", "true"],
+                               env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(3)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail("ray head did not take jobs:\n" + probe.stdout[-2000:] + probe.stderr[-2000:]
+                    + "\n--- head log ---\n" + (tmp_path / "head.log").read_text()[-1500:])
+    yield ray_bin, address, env
+    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+    head.wait(timeout=60)

@@ -22,14 +22,13 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from galeno import __version__, paths
 from galeno.config import config_hash, from_dict, to_dict
-from galeno.corpus.config import CorpusConfig, SourceConfig
+from galeno.corpus.config import CorpusConfig
 from galeno.corpus.document import Document, to_row
 
 log = logging.getLogger(__name__)

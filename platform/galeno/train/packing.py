@@ -42,7 +42,10 @@ def tokenizer_digest(tokenizer_dir: str | Path) -> str:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {path} (cwd {Path.cwd()}): run jobs/train_tokenizer.py, or "
+                                "pass a path every worker can read")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)  # never reach for the Hub
 
 
 def pack_units(units: Iterable[tuple[str, list[list[int]]]], max_content: int, bos: int, eos: int,

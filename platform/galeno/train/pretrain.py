@@ -9,6 +9,7 @@ from the latest checkpoint, up to ``trainer.max_failures`` times.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -138,6 +139,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     from galeno.train.packing import pack_corpus, packing_tag
 
     t0 = time.time()
+    cfg = absolute_paths(cfg)
     init_ray(cfg.ray)
     packed = paths.packed_data(cfg.output, packing_tag(cfg.data)).resolve()
     manifest = pack_corpus(cfg.data, packed)
@@ -168,6 +170,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                "elapsed_seconds": round(time.time() - t0, 1)}
     (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
+    """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are)."""
+    def resolve(p: str) -> str:
+        return p if not p or "://" in p else str(Path(p).resolve())
+
+    data = dataclasses.replace(cfg.data, corpus=resolve(cfg.data.corpus), tokenizer=resolve(cfg.data.tokenizer))
+    trainer = dataclasses.replace(cfg.trainer, storage_path=resolve(cfg.trainer.storage_path))
+    return dataclasses.replace(cfg, output=resolve(cfg.output), data=data, trainer=trainer)
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:

@@ -1,0 +1,434 @@
+"""Pretraining throughput: Galeno's training loop vs a plain Hugging Face ``Trainer``, same model and data.
+
+    python benchmarks/pretrain_throughput.py                      # CPU: 4 x 256 RoBERTa, seq 128, 2 repeats
+    python benchmarks/pretrain_throughput.py --smoke              # a few steps of each side, to check it runs
+    python benchmarks/pretrain_throughput.py --model base --seq-len 512 --device cuda \
+        --micro-batch 32 --vocab-size 52000 --steps 50 --warmup 10   # RoBERTa-base on one GPU (MFU)
+
+Both sides train the same ``RobertaForMaskedLM`` (built by ``galeno.train.mlm.build_roberta``
+from one ``ModelConfig``, the same seed, so the same initial weights and SDPA attention) on
+the same packed sequences (``galeno.train.packing.pack_corpus`` output), with the same micro
+batch, AdamW hyper-parameters (lr 5e-4, betas 0.9/0.98, eps 1e-6, weight decay 0.01 off
+biases and LayerNorms, no gradient clipping), linear warmup and decay, 15% dynamic masking
+(80/10/10), fp32 on CPU or bf16 on GPU, one process, ``torch.set_num_threads(--threads)``.
+
+- galeno: ``galeno.train.loop.run_worker`` with world size 1 and no Ray (what
+  ``trainer.launcher=local`` runs), once with the DeepSpeed engine (ZeRO-1; on CPU
+  ``DS_ACCELERATOR=cpu``) and once with the plain PyTorch engine. Its ``MaskedLM`` runs the
+  LM head (dense + LayerNorm + vocabulary projection) on the masked positions only.
+- hf: ``transformers.Trainer`` with ``DataCollatorForLanguageModeling`` over the same rows;
+  ``RobertaForMaskedLM`` computes logits over the whole vocabulary at every position. The
+  optimizer is the Trainer's default (``adamw_torch_fused``).
+
+What is timed: wall-clock time between the ends of two optimizer steps, on both sides (a
+``TrainerCallback.on_step_end`` for hf, the loop's per-step report for galeno), from the end of
+step ``--warmup`` to the end of step ``--warmup + --steps``. Each side runs one step more than
+that, because galeno's last step evaluates and checkpoints before it reports. Tokens are the
+non-padding tokens of each batch (``attention_mask`` sum, ``<s>`` and ``</s>`` included), counted
+the same way on both sides. Each run is a fresh interpreter; the runs alternate (the order
+rotates every repeat) and the table gives the median per side. CPU-seconds of each run's
+window (``time.process_time``, all its threads) are recorded too: tokens per CPU-second does
+not move when other jobs share the cores, tokens per wall-second does.
+
+Writes ``artifacts/bench/pretrain_throughput.json`` and prints a Markdown table for
+``docs/benchmarks.md``. Data, tokenizer and packed sequences are built once and reused from
+``artifacts/bench/pretrain_throughput/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ROOT = REPO / "artifacts" / "bench"
+WORK = ROOT / "pretrain_throughput"
+SHARED_PHARMACONER = REPO.parent / "shared" / "data" / "pharmaconer" / "train.conll"
+
+PRESETS = {  # RoBERTa shapes: layers x hidden, heads, feed-forward width
+    "small": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
+    "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
+}
+SIDES = ("hf", "galeno-torch", "galeno-ds")
+LABELS = {"hf": "HF Trainer", "galeno-torch": "Galeno, PyTorch engine", "galeno-ds": "Galeno, DeepSpeed engine (ZeRO-1)"}
+LR, BETAS, EPS, WEIGHT_DECAY, MLM_PROBABILITY = 5e-4, (0.9, 0.98), 1e-6, 0.01, 0.15
+
+
+# --------------------------------------------------------------------------- data
+def prepare_data(data: str, vocab_size: int, seq_len: int, pack_mode: str, tokenizer: str | None) -> dict:
+    """Corpus (the corpus job's layout), tokenizer and packed sequences, built once per setting."""
+    from galeno.runtime import RayConfig, init_ray
+    from galeno.tokenizer import TokenizerConfig, train_tokenizer
+    from galeno.train.config import MLMDataConfig
+    from galeno.train.packing import pack_corpus, packing_tag
+
+    sys.path.insert(0, str(REPO))  # tests.builders writes the corpus layout
+    from tests.builders import write_corpus
+
+    base = WORK / f"data-{data}"
+    corpus = base / "corpus"
+    if not (corpus / "manifest.json").is_file():
+        shutil.rmtree(corpus, ignore_errors=True)
+        write_corpus(corpus, _documents(data))
+    if tokenizer is None:
+        tokenizer = str(base / f"tokenizer-v{vocab_size}")
+        if not (Path(tokenizer) / "tokenizer.json").is_file():
+            train_tokenizer(TokenizerConfig(corpus=str(corpus), output=tokenizer, vocab_size=vocab_size,
+                                            eval_fraction=0.0, progress=False))
+    cfg = MLMDataConfig(corpus=str(corpus), tokenizer=tokenizer, seq_len=seq_len, pack_mode=pack_mode,
+                        val_fraction=0.02)
+    packed = base / f"packed-{packing_tag(cfg)}"
+    if not (packed / "manifest.json").is_file():
+        init_ray(RayConfig(num_cpus=2, progress_bars=False))
+        pack_corpus(cfg, packed)
+        import ray
+
+        ray.shutdown()  # no Ray processes left to share the cores with the timed runs
+    manifest = json.loads((packed / "manifest.json").read_text())
+    return {"data": data, "corpus": str(corpus), "tokenizer": tokenizer, "packed": str(packed),
+            "pack_mode": pack_mode, "train": manifest["splits"]["train"], "val": manifest["splits"]["val"]}
+
+
+def _documents(data: str) -> list[dict]:
+    if data == "sample":
+        from tests.train.conftest import sample_documents
+
+        return sample_documents()
+    from galeno.corpus.readers import read_file
+
+    return [{"id": d.id, "source": "pharmaconer", "text": d.text}
+            for d in read_file(str(SHARED_PHARMACONER), "conll", "pharmaconer") if (d.text or "").strip()]
+
+
+# --------------------------------------------------------------------------- one run (a fresh interpreter)
+def pretrain_config(spec: dict, deepspeed: bool, output: str):
+    """The galeno config of a run; the hf side takes its ``model`` group too, so both build one model."""
+    from galeno.config import load
+    from galeno.train.config import PretrainConfig
+
+    cuda = spec["device"] == "cuda"
+    overrides = {
+        "name": "pretrain-throughput", "output": output, "data.tokenizer": spec["tokenizer"],
+        "data.seq_len": spec["seq_len"], "data.mlm_probability": MLM_PROBABILITY,
+        **{f"model.{k}": v for k, v in PRESETS[spec["model"]].items()},
+        "model.max_position_embeddings": spec["seq_len"] + 2,
+        "optim.lr": LR, "optim.betas": list(BETAS), "optim.eps": EPS, "optim.weight_decay": WEIGHT_DECAY,
+        "optim.warmup_steps": spec["warmup"], "optim.schedule": "linear", "optim.grad_clip": 0.0,
+        "trainer.max_steps": spec["total_steps"], "trainer.global_batch": spec["micro_batch"],
+        "trainer.micro_batch": spec["micro_batch"], "trainer.launcher": "local", "trainer.deepspeed": deepspeed,
+        "trainer.use_gpu": cuda, "trainer.precision": "bf16" if cuda else "fp32",
+        "trainer.cpus_per_worker": spec["threads"], "trainer.seed": spec["seed"], "trainer.log_every": 1,
+        "trainer.eval_every": 0, "trainer.eval_batches": 1, "trainer.checkpoint_every": 10**9,
+        "trainer.keep_checkpoints": 1,
+    }
+    return load(PretrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def _clock_now(cuda: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds at a step end; on GPU after the queued kernels have run."""
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
+def _window(ends: dict[int, tuple[float, float]], tokens: dict[int, int], losses: dict[int, float],
+            spec: dict) -> dict:
+    """Rates over steps warmup+1 .. warmup+steps from per-step end times, token counts and losses."""
+    first, last = spec["warmup"], spec["warmup"] + spec["steps"]
+    steps = range(first + 1, last + 1)
+    wall = ends[last][0] - ends[first][0]
+    cpu = ends[last][1] - ends[first][1]
+    n = sum(tokens[s] for s in steps)
+    tail = [losses[s] for s in steps if s in losses][-10:]
+    return {"timed_steps": len(steps), "tokens": n, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 2),
+            "tokens_per_second": n / wall, "tokens_per_cpu_second": n / cpu if cpu else None,
+            "cores_used": round(cpu / wall, 2), "step_seconds_median": round(statistics.median(
+                ends[s][0] - ends[s - 1][0] for s in steps), 4),
+            "final_loss": statistics.fmean(tail) if tail else None, "first_loss": losses.get(1)}
+
+
+def run_galeno(spec: dict, deepspeed: bool) -> dict:
+    if spec["device"] == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from galeno import paths
+    from galeno.train.loop import LocalReporter, parquet_batches, run_worker
+    from galeno.train.mlm import MLMTask
+
+    out = Path(spec["run_dir"])
+    cfg = pretrain_config(spec, deepspeed, str(out))
+    cuda = spec["device"] == "cuda"
+    ends: dict[int, tuple[float, float]] = {}
+
+    class ClockReporter(LocalReporter):
+        """The loop reports every step (``log_every=1``): the report is the step's end."""
+
+        def report(self, metrics, save=None):
+            ends[metrics["step"]] = _clock_now(cuda)
+            super().report(metrics, save)
+
+    t = cfg.trainer
+    train = paths.packed_split(spec["packed"], "train")
+    val = paths.packed_split(spec["packed"], "val")
+    task = MLMTask(cfg.model, cfg.data.tokenizer, cfg.data.seq_len, cfg.data.mlm_probability, t.seed)
+    run_worker(task, t, cfg.optim,
+               train_epoch=lambda epoch: parquet_batches(train, t.micro_batch, rank=0, world_size=1, seed=t.seed,
+                                                         epoch=epoch, columns=["input_ids"]),
+               val_batches=lambda: parquet_batches(val, t.micro_batch, rank=0, world_size=1, seed=0,
+                                                   drop_last=False, shuffle=False, columns=["input_ids"]),
+               reporter=ClockReporter(out, t.keep_checkpoints), output=out)
+    rows = {r["step"]: r for r in map(json.loads, paths.metrics_log(out).read_text().splitlines())}
+    tokens = {s: r["tokens_seen"] - rows.get(s - 1, {"tokens_seen": 0})["tokens_seen"] for s, r in rows.items()}
+    result = _window(ends, tokens, {s: r["loss"] for s, r in rows.items()}, spec)
+    timed = [rows[s] for s in range(spec["warmup"] + 1, spec["warmup"] + spec["steps"] + 1)]
+    # The loop's own timer (top of the step to the end of its reduction), as a cross-check.
+    result["in_loop_tokens_per_second"] = (sum(r["tokens_per_second"] * r["step_seconds"] for r in timed)
+                                           / sum(r["step_seconds"] for r in timed))
+    result["mfu_reported"] = statistics.median(r["mfu"] or 0.0 for r in timed)  # against the loop's peak
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return result
+
+
+def run_hf(spec: dict) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+    from galeno import paths
+    from galeno.train.mlm import build_roberta
+    from galeno.train.packing import load_tokenizer
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    cuda = spec["device"] == "cuda"
+    if not cuda:
+        torch.set_num_threads(spec["threads"])
+    cfg = pretrain_config(spec, False, spec["run_dir"])
+    tok = load_tokenizer(spec["tokenizer"])
+    model = build_roberta(cfg.model, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, spec["seed"])
+    rows = pq.read_table(str(paths.packed_split(spec["packed"], "train")), columns=["input_ids"])
+    rows = rows.column("input_ids").to_pylist()
+
+    class PackedRows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return {"input_ids": rows[i]}
+
+    mlm = DataCollatorForLanguageModeling(tok, mlm_probability=MLM_PROBABILITY, seed=spec["seed"])
+    batch_tokens: list[int] = []  # one entry per collated batch, in the order the steps consume them
+
+    def collate(examples):
+        batch = mlm(examples)
+        batch_tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    ends: dict[int, tuple[float, float]] = {}
+    losses: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends[state.global_step] = _clock_now(cuda)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses[state.global_step] = logs["loss"]
+
+    args = TrainingArguments(
+        output_dir=spec["run_dir"], per_device_train_batch_size=spec["micro_batch"], max_steps=spec["total_steps"],
+        learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, weight_decay=WEIGHT_DECAY,
+        max_grad_norm=0.0, warmup_steps=spec["warmup"], lr_scheduler_type="linear", logging_steps=1,
+        report_to=[], save_strategy="no", dataloader_num_workers=0, dataloader_drop_last=True,
+        dataloader_pin_memory=cuda, use_cpu=not cuda, bf16=cuda, disable_tqdm=True, seed=spec["seed"])
+    trainer = Trainer(model=model, args=args, train_dataset=PackedRows(), data_collator=collate, callbacks=[Clock()])
+    trainer.train()
+    tokens = {s: batch_tokens[s - 1] for s in range(1, spec["total_steps"] + 1)}
+    result = _window(ends, tokens, losses, spec)
+    result["optimizer"] = str(args.optim)
+    return result
+
+
+def run_side(spec: dict) -> dict:
+    """One side in this interpreter: its window's rates and losses, plus what it ran on."""
+    import torch
+
+    load0 = os.getloadavg()[0]
+    side = spec["side"]
+    result = run_hf(spec) if side == "hf" else run_galeno(spec, deepspeed=side == "galeno-ds")
+    result.update(side=side, load_average_before=round(load0, 2), load_average_after=round(os.getloadavg()[0], 2),
+                  torch_threads=torch.get_num_threads())
+    return result
+
+
+# --------------------------------------------------------------------------- driver
+def run_subprocess(spec: dict) -> dict:
+    run_dir = Path(spec["run_dir"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    if spec["device"] == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    cmd = [sys.executable, __file__, "--side-spec", json.dumps(spec)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
+    log = run_dir / "run.log"
+    log.write_text(f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
+        raise RuntimeError(f"{spec['side']} failed (exit {proc.returncode}); log: {log}\n{tail}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def summarise(runs: list[dict], sides: list[str], model: dict) -> dict:
+    """Median per side over repeats; ratios galeno / hf, by wall clock and by CPU time; MFU on GPU."""
+    out: dict = {}
+    for side in sides:
+        mine = [r for r in runs if r["side"] == side]
+        out[side] = {k: statistics.median(r[k] for r in mine) for k in
+                     ("tokens_per_second", "tokens_per_cpu_second", "final_loss", "step_seconds_median", "cores_used")}
+        out[side]["runs"] = len(mine)
+        out[side]["per_run_tokens_per_second"] = [round(r["tokens_per_second"], 1) for r in mine]
+        if model.get("peak_tflops"):  # the same model FLOPs per token for both sides
+            out[side]["mfu"] = out[side]["tokens_per_second"] * model["flops_per_token"] / (model["peak_tflops"] * 1e12)
+    hf = out.get("hf")
+    for side in sides:
+        if side != "hf" and hf:
+            out[side]["ratio_vs_hf"] = out[side]["tokens_per_second"] / hf["tokens_per_second"]
+            out[side]["cpu_ratio_vs_hf"] = out[side]["tokens_per_cpu_second"] / hf["tokens_per_cpu_second"]
+    return out
+
+
+def markdown(result: dict) -> str:
+    s, d = result["settings"], result["data"]
+    mfu = bool(s["peak_tflops"])
+    intro = (f"{s['model']} RoBERTa ({s['layers_x_hidden']}, {s['parameters']:,} parameters, vocabulary "
+             f"{s['vocab']:,}), seq {s['seq_len']}, micro batch {s['micro_batch']}, {s['steps']} timed steps after "
+             f"{s['warmup']}, {s['device']}, {s['precision']}, {s['threads']} threads; "
+             f"{d['train']['sequences']:,} packed train sequences ({d['data']}, {d['pack_mode']}, fill "
+             f"{d['train']['fill']}); median of {s['repeats']} runs per side.")
+    columns = ["side", "tokens/s", "tokens/CPU-s", "s/step", "cores used", "final train loss", "ratio vs HF",
+               "CPU-time ratio"] + (["MFU"] if mfu else [])
+    lines = [intro, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    for side, m in result["summary"].items():
+        cells = [LABELS[side], f"{m['tokens_per_second']:,.0f}", f"{m['tokens_per_cpu_second']:,.0f}",
+                 f"{m['step_seconds_median']:.3f}", f"{m['cores_used']:.2f}", f"{m['final_loss']:.3f}",
+                 f"**{m['ratio_vs_hf']:.2f}x**" if "ratio_vs_hf" in m else "1.00x",
+                 f"{m['cpu_ratio_vs_hf']:.2f}x" if "cpu_ratio_vs_hf" in m else "1.00x"]
+        lines.append("| " + " | ".join(cells + ([f"{m['mfu']:.1%}"] if mfu else [])) + " |")
+    if mfu:
+        lines += ["", (f"MFU: tokens/s x {s['flops_per_token'] / 1e6:.1f} MFLOP per token (Galeno's count: "
+                       f"6 x non-embedding parameters + 12 x layers x hidden x seq) / {s['peak_tflops']:g} "
+                       f"TFLOP/s ({s['gpu']}, dense bf16).")]
+    per_run = "; ".join(f"{LABELS[k]} {v['per_run_tokens_per_second']}" for k, v in result["summary"].items())
+    loads = [r["load_average_before"] for r in result["runs"]]
+    lines += ["", f"Per-run tokens/s: {per_run}.",
+              (f"Load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f} "
+               f"(at the start: {result['load_average_at_start']:.1f}); whole benchmark "
+               f"{result['elapsed_seconds']:.0f} s.")]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=("sample", "shared"),
+                    help="text: data/sample, or ../shared/data PharmaCoNER train (default: shared when present)")
+    ap.add_argument("--model", choices=tuple(PRESETS), default="small", help="small: 4 x 256; base: 12 x 768")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per packed sequence")
+    ap.add_argument("--pack-mode", choices=("full_sentences", "doc_sentences"), default="full_sentences")
+    ap.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary trained for the run")
+    ap.add_argument("--tokenizer", help="an existing tokenizer folder instead of training one")
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (also the LR warmup)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternated")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 on both sides")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU, both sides")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--smoke", action="store_true", help="sample data, 3 timed steps, 1 repeat")
+    ap.add_argument("--side-spec", help=argparse.SUPPRESS)  # internal: run one side, print its JSON
+    args = ap.parse_args()
+    if args.side_spec:
+        print(json.dumps(run_side(json.loads(args.side_spec))))
+        return
+    if args.smoke:
+        args.data, args.steps, args.warmup, args.repeats = "sample", 3, 1, 1
+    args.data = args.data or ("shared" if SHARED_PHARMACONER.is_file() else "sample")
+    if args.warmup < 1 or args.steps < 1:
+        sys.exit("--warmup and --steps must be >= 1 (the window starts at the end of a step)")
+    sides = [s for s in args.sides.split(",") if s]
+    if not set(sides) <= set(SIDES):
+        sys.exit(f"--sides: choose from {', '.join(SIDES)}")
+
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    data = prepare_data(args.data, args.vocab_size, args.seq_len, args.pack_mode, args.tokenizer)
+    print(f"data: {data['train']['sequences']:,} train sequences, {data['train']['tokens']:,} tokens, "
+          f"fill {data['train']['fill']} ({data['packed']})", flush=True)
+    spec = {"model": args.model, "seq_len": args.seq_len, "micro_batch": args.micro_batch, "steps": args.steps,
+            "warmup": args.warmup, "total_steps": args.warmup + args.steps + 1, "device": args.device,
+            "threads": args.threads, "seed": args.seed, "tokenizer": data["tokenizer"], "packed": data["packed"]}
+    runs = []
+    for repeat in range(args.repeats):
+        order = sides[repeat % len(sides):] + sides[:repeat % len(sides)]  # rotate: no side always goes first
+        for side in order:
+            run = run_subprocess({**spec, "side": side, "run_dir": str(WORK / "runs" / f"{side}-{repeat}")})
+            run["repeat"] = repeat
+            runs.append(run)
+            print(f"  {side:13s} repeat {repeat}: {run['tokens_per_second']:8.0f} tok/s, "
+                  f"{run['tokens_per_cpu_second']:8.0f} tok/CPU-s, loss {run['final_loss']:.3f} "
+                  f"(load {run['load_average_before']})", flush=True)
+
+    model = _model_facts(spec)
+    result = {
+        "settings": {**spec, "repeats": args.repeats, "precision": "bf16" if args.device == "cuda" else "fp32",
+                     "layers_x_hidden": f"{PRESETS[args.model]['num_layers']} x {PRESETS[args.model]['hidden_size']}",
+                     **model},
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "data": data, "runs": runs, "summary": summarise(runs, sides, model),
+        "load_average_at_start": round(load0, 2), "elapsed_seconds": round(time.perf_counter() - t0, 1), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    result["markdown"] = markdown(result)
+    out = ROOT / "pretrain_throughput.json"
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print()
+    print(result["markdown"])
+    print(f"\nwrote {out}")
+
+
+def _model_facts(spec: dict) -> dict:
+    """Size of the model both sides train (built on the meta device: no memory), its FLOPs per
+    token as Galeno counts them for MFU, and on GPU the peak those are measured against."""
+    import torch
+    from galeno.train.engine import peak_tflops
+    from galeno.train.mlm import MLMTask
+
+    cfg = pretrain_config(spec, False, str(WORK / "runs"))
+    task = MLMTask(cfg.model, spec["tokenizer"], spec["seq_len"], MLM_PROBABILITY, 0)
+    with torch.device("meta"):
+        model = task.build_model()
+    cuda = spec["device"] == "cuda"
+    return {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(task.tokenizer),
+            "padded_vocab": cfg.model.padded_vocab(len(task.tokenizer)),
+            "flops_per_token": task.flops_per_token(model),
+            "peak_tflops": peak_tflops(torch.device("cuda", 0), "bf16") if cuda else None,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None}
+
+
+if __name__ == "__main__":
+    main()
