@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= corpus,train,dev
+EXTRAS ?= corpus,train,tracking,dev
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
 comma := ,
@@ -35,7 +35,7 @@ bench-pretrain: install  ## our training loop vs a plain Hugging Face Trainer (t
 	$(PY) benchmarks/pretrain_throughput.py
 
 test: install  ## everything CI runs
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
