@@ -43,7 +43,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,7 +133,7 @@ def pretrain_config(spec: dict, deepspeed: bool, output: str):
 
 
 def _clock_now(cuda: bool) -> tuple[float, float]:
-    """(wall, CPU) seconds at a step end; on GPU after the queued kernels have run."""
+    """(wall, CPU) seconds; on GPU after the queued kernels have run."""
     if cuda:
         import torch
 
@@ -142,23 +141,53 @@ def _clock_now(cuda: bool) -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _window(ends: dict[int, tuple[float, float]], tokens: dict[int, int], losses: dict[int, float],
-            spec: dict) -> dict:
-    """Rates over steps warmup+1 .. warmup+steps from per-step end times, token counts and losses."""
-    first, last = spec["warmup"], spec["warmup"] + spec["steps"]
-    steps = range(first + 1, last + 1)
-    wall = ends[last][0] - ends[first][0]
-    cpu = ends[last][1] - ends[first][1]
+class Turns:
+    """Lock-step turns: a side runs one optimizer step, then waits while the other sides run theirs.
+
+    All sides run at once, one process each, but only one of them computes at any moment, so
+    other work on a shared machine slows every side alike instead of whichever run it lands on.
+    A step is timed from the moment its turn is granted to its end: the previous step's logging
+    and reporting, fetching and collating the batch, forward, backward and optimizer step.
+    """
+
+    def __init__(self, ctx, cuda: bool):
+        self.go, self.done, self.cuda = ctx.Event(), ctx.Event(), cuda
+        self.starts: dict[int, tuple[float, float]] = {}
+        self.ends: dict[int, tuple[float, float]] = {}
+
+    def begin(self, step: int) -> None:
+        """Wait for this side's turn at ``step``."""
+        self.go.wait()
+        self.go.clear()
+        self.starts[step] = _clock_now(self.cuda)
+
+    def end(self, step: int, total: int) -> None:
+        """``step`` is done: hand the turn back, and wait for the next one unless it was the last."""
+        self.ends[step] = _clock_now(self.cuda)
+        self.done.set()
+        if step < total:
+            self.begin(step + 1)
+
+
+def _window(turns: Turns, tokens: dict[int, int], losses: dict[int, float], spec: dict) -> dict:
+    """Rates over steps warmup+1 .. warmup+steps from per-step times, token counts and losses.
+
+    ``tokens_per_second`` is the whole window; the step times are kept for the quiet-step
+    estimate of ``summarise``.
+    """
+    steps = range(spec["warmup"] + 1, spec["warmup"] + spec["steps"] + 1)
+    step_seconds = [turns.ends[s][0] - turns.starts[s][0] for s in steps]
+    wall = sum(step_seconds)
+    cpu = sum(turns.ends[s][1] - turns.starts[s][1] for s in steps)
     n = sum(tokens[s] for s in steps)
     tail = [losses[s] for s in steps if s in losses][-10:]
     return {"timed_steps": len(steps), "tokens": n, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 2),
             "tokens_per_second": n / wall, "tokens_per_cpu_second": n / cpu if cpu else None,
-            "cores_used": round(cpu / wall, 2), "step_seconds_median": round(statistics.median(
-                ends[s][0] - ends[s - 1][0] for s in steps), 4),
+            "cores_used": round(cpu / wall, 2), "step_seconds": [round(t, 4) for t in step_seconds],
             "final_loss": statistics.fmean(tail) if tail else None, "first_loss": losses.get(1)}
 
 
-def run_galeno(spec: dict, deepspeed: bool) -> dict:
+def run_galeno(spec: dict, deepspeed: bool, turns: Turns) -> dict:
     if spec["device"] == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from galeno import paths
@@ -167,29 +196,28 @@ def run_galeno(spec: dict, deepspeed: bool) -> dict:
 
     out = Path(spec["run_dir"])
     cfg = pretrain_config(spec, deepspeed, str(out))
-    cuda = spec["device"] == "cuda"
-    ends: dict[int, tuple[float, float]] = {}
 
-    class ClockReporter(LocalReporter):
+    class TurnReporter(LocalReporter):
         """The loop reports every step (``log_every=1``): the report is the step's end."""
 
         def report(self, metrics, save=None):
-            ends[metrics["step"]] = _clock_now(cuda)
-            super().report(metrics, save)
+            super().report(metrics, save)  # saves only at the last step, which is never timed
+            turns.end(metrics["step"], spec["total_steps"])
 
     t = cfg.trainer
     train = paths.packed_split(spec["packed"], "train")
     val = paths.packed_split(spec["packed"], "val")
     task = MLMTask(cfg.model, cfg.data.tokenizer, cfg.data.seq_len, cfg.data.mlm_probability, t.seed)
+    turns.begin(1)  # model, engine and the loop's peak probe are built in the first (untimed) turn
     run_worker(task, t, cfg.optim,
                train_epoch=lambda epoch: parquet_batches(train, t.micro_batch, rank=0, world_size=1, seed=t.seed,
                                                          epoch=epoch, columns=["input_ids"]),
                val_batches=lambda: parquet_batches(val, t.micro_batch, rank=0, world_size=1, seed=0,
                                                    drop_last=False, shuffle=False, columns=["input_ids"]),
-               reporter=ClockReporter(out, t.keep_checkpoints), output=out)
+               reporter=TurnReporter(out, t.keep_checkpoints), output=out)
     rows = {r["step"]: r for r in map(json.loads, paths.metrics_log(out).read_text().splitlines())}
     tokens = {s: r["tokens_seen"] - rows.get(s - 1, {"tokens_seen": 0})["tokens_seen"] for s, r in rows.items()}
-    result = _window(ends, tokens, {s: r["loss"] for s, r in rows.items()}, spec)
+    result = _window(turns, tokens, {s: r["loss"] for s, r in rows.items()}, spec)
     timed = [rows[s] for s in range(spec["warmup"] + 1, spec["warmup"] + spec["steps"] + 1)]
     # The loop's own timer (top of the step to the end of its reduction), as a cross-check.
     result["in_loop_tokens_per_second"] = (sum(r["tokens_per_second"] * r["step_seconds"] for r in timed)
@@ -199,7 +227,7 @@ def run_galeno(spec: dict, deepspeed: bool) -> dict:
     return result
 
 
-def run_hf(spec: dict) -> dict:
+def run_hf(spec: dict, turns: Turns) -> dict:
     import pyarrow.parquet as pq
     import torch
     from galeno import paths
@@ -228,7 +256,9 @@ def run_hf(spec: dict) -> dict:
         def __getitem__(self, i):
             return {"input_ids": rows[i]}
 
-    mlm = DataCollatorForLanguageModeling(tok, mlm_probability=MLM_PROBABILITY, seed=spec["seed"])
+    # Masks from torch's global generator, which the Trainer seeds (the collator's own ``seed``
+    # refuses to run outside the main process).
+    mlm = DataCollatorForLanguageModeling(tok, mlm_probability=MLM_PROBABILITY)
     batch_tokens: list[int] = []  # one entry per collated batch, in the order the steps consume them
 
     def collate(examples):
@@ -236,12 +266,11 @@ def run_hf(spec: dict) -> dict:
         batch_tokens.append(int(batch["attention_mask"].sum()))
         return batch
 
-    ends: dict[int, tuple[float, float]] = {}
     losses: dict[int, float] = {}
 
-    class Clock(TrainerCallback):
+    class Turn(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends[state.global_step] = _clock_now(cuda)
+            turns.end(state.global_step, spec["total_steps"])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -253,63 +282,94 @@ def run_hf(spec: dict) -> dict:
         max_grad_norm=0.0, warmup_steps=spec["warmup"], lr_scheduler_type="linear", logging_steps=1,
         report_to=[], save_strategy="no", dataloader_num_workers=0, dataloader_drop_last=True,
         dataloader_pin_memory=cuda, use_cpu=not cuda, bf16=cuda, disable_tqdm=True, seed=spec["seed"])
-    trainer = Trainer(model=model, args=args, train_dataset=PackedRows(), data_collator=collate, callbacks=[Clock()])
+    trainer = Trainer(model=model, args=args, train_dataset=PackedRows(), data_collator=collate, callbacks=[Turn()])
+    turns.begin(1)  # the Trainer's own set-up (optimizer, accelerate) runs in the first (untimed) turn
     trainer.train()
     tokens = {s: batch_tokens[s - 1] for s in range(1, spec["total_steps"] + 1)}
-    result = _window(ends, tokens, losses, spec)
+    result = _window(turns, tokens, losses, spec)
     result["optimizer"] = str(args.optim)
     return result
 
 
-def run_side(spec: dict) -> dict:
-    """One side in this interpreter: its window's rates and losses, plus what it ran on."""
+def _side_process(spec: dict, turns: Turns, results) -> None:
+    """A side's process: its output goes to ``run.log``; its result (or failure) to the queue."""
+    log = open(Path(spec["run_dir"]) / "run.log", "w")  # noqa: SIM115 - the process's stdout/stderr
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
     import torch
 
-    load0 = os.getloadavg()[0]
     side = spec["side"]
-    result = run_hf(spec) if side == "hf" else run_galeno(spec, deepspeed=side == "galeno-ds")
-    result.update(side=side, load_average_before=round(load0, 2), load_average_after=round(os.getloadavg()[0], 2),
-                  torch_threads=torch.get_num_threads())
-    return result
+    result = run_hf(spec, turns) if side == "hf" else run_galeno(spec, side == "galeno-ds", turns)
+    result.update(side=side, torch_threads=torch.get_num_threads())
+    results.put(result)
 
 
 # --------------------------------------------------------------------------- driver
-def run_subprocess(spec: dict) -> dict:
-    run_dir = Path(spec["run_dir"])
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    if spec["device"] == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-    cmd = [sys.executable, __file__, "--side-spec", json.dumps(spec)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)
-    log = run_dir / "run.log"
-    log.write_text(f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
-        raise RuntimeError(f"{spec['side']} failed (exit {proc.returncode}); log: {log}\n{tail}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = round(time.perf_counter() - t0, 1)
-    return result
+def run_round(spec: dict, order: list[str], repeat: int) -> list[dict]:
+    """One repeat: every side in its own fresh process, stepping in turns in ``order``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no state shared between sides
+    results = ctx.Queue()
+    turns = {side: Turns(ctx, spec["device"] == "cuda") for side in order}
+    procs = {}
+    for side in order:
+        run_dir = WORK / "runs" / f"{side}-{repeat}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        procs[side] = ctx.Process(target=_side_process, args=({**spec, "side": side, "run_dir": str(run_dir)},
+                                                              turns[side], results))
+        procs[side].start()
+    load0 = os.getloadavg()[0]
+    try:
+        for _ in range(spec["total_steps"]):
+            for side in order:
+                turns[side].go.set()
+                while not turns[side].done.wait(5.0):
+                    if not procs[side].is_alive():
+                        raise RuntimeError(f"{side} died; log: {WORK / 'runs' / f'{side}-{repeat}' / 'run.log'}")
+                turns[side].done.clear()
+        runs = [results.get(timeout=600) for _ in order]
+    finally:
+        for proc in procs.values():
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    for run in runs:
+        run.update(repeat=repeat, load_average_before=round(load0, 2), load_average_after=round(os.getloadavg()[0], 2))
+    return sorted(runs, key=lambda r: order.index(r["side"]))
+
+
+ESTIMATES = (("tokens_per_second", "median of runs"), ("best_run", "best run"),
+             ("tokens_per_second_quiet_steps", "fastest quarter of steps"))
 
 
 def summarise(runs: list[dict], sides: list[str], model: dict) -> dict:
-    """Median per side over repeats; ratios galeno / hf, by wall clock and by CPU time; MFU on GPU."""
+    """Per side over its runs: median and best window rate, and a quiet-machine estimate; ratios
+    galeno / hf; MFU on GPU.
+
+    Other work on a shared machine only ever lengthens a step, so the quiet-machine estimate
+    divides the mean tokens of a step by the first quartile of all the side's timed step times
+    (its runs pooled): the pace of its undisturbed steps.
+    """
     out: dict = {}
     for side in sides:
         mine = [r for r in runs if r["side"] == side]
-        out[side] = {k: statistics.median(r[k] for r in mine) for k in
-                     ("tokens_per_second", "tokens_per_cpu_second", "final_loss", "step_seconds_median", "cores_used")}
-        out[side]["runs"] = len(mine)
-        out[side]["per_run_tokens_per_second"] = [round(r["tokens_per_second"], 1) for r in mine]
+        m = {k: statistics.median(r[k] for r in mine) for k in
+             ("tokens_per_second", "tokens_per_cpu_second", "final_loss", "cores_used")}
+        m["best_run"] = max(r["tokens_per_second"] for r in mine)
+        steps = [t for r in mine for t in r["step_seconds"]]
+        m["step_seconds_q1"] = statistics.quantiles(steps, n=4)[0]
+        m["tokens_per_second_quiet_steps"] = (sum(r["tokens"] for r in mine) / len(steps)) / m["step_seconds_q1"]
+        m["runs"] = len(mine)
+        m["per_run_tokens_per_second"] = [round(r["tokens_per_second"]) for r in mine]
+        m["per_run_cores_used"] = [r["cores_used"] for r in mine]
         if model.get("peak_tflops"):  # the same model FLOPs per token for both sides
-            out[side]["mfu"] = out[side]["tokens_per_second"] * model["flops_per_token"] / (model["peak_tflops"] * 1e12)
-    hf = out.get("hf")
-    for side in sides:
-        if side != "hf" and hf:
-            out[side]["ratio_vs_hf"] = out[side]["tokens_per_second"] / hf["tokens_per_second"]
-            out[side]["cpu_ratio_vs_hf"] = out[side]["tokens_per_cpu_second"] / hf["tokens_per_cpu_second"]
+            m["mfu"] = m["tokens_per_second"] * model["flops_per_token"] / (model["peak_tflops"] * 1e12)
+        out[side] = m
+    if "hf" in out:
+        for side in sides:
+            out[side]["ratio_vs_hf"] = {k: out[side][k] / out["hf"][k] for k, _ in ESTIMATES}
     return out
 
 
@@ -320,24 +380,26 @@ def markdown(result: dict) -> str:
              f"{s['vocab']:,}), seq {s['seq_len']}, micro batch {s['micro_batch']}, {s['steps']} timed steps after "
              f"{s['warmup']}, {s['device']}, {s['precision']}, {s['threads']} threads; "
              f"{d['train']['sequences']:,} packed train sequences ({d['data']}, {d['pack_mode']}, fill "
-             f"{d['train']['fill']}); median of {s['repeats']} runs per side.")
-    columns = ["side", "tokens/s", "tokens/CPU-s", "s/step", "cores used", "final train loss", "ratio vs HF",
-               "CPU-time ratio"] + (["MFU"] if mfu else [])
-    lines = [intro, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+             f"{d['train']['fill']}); {s['repeats']} runs per side.")
+    columns = ["side"] + [f"tokens/s, {name} | ratio" for _, name in ESTIMATES] + ["cores used", "final train loss"]
+    columns += ["MFU"] if mfu else []
+    lines = [intro, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(ESTIMATES) * 2 + 2 + mfu)]
     for side, m in result["summary"].items():
-        cells = [LABELS[side], f"{m['tokens_per_second']:,.0f}", f"{m['tokens_per_cpu_second']:,.0f}",
-                 f"{m['step_seconds_median']:.3f}", f"{m['cores_used']:.2f}", f"{m['final_loss']:.3f}",
-                 f"**{m['ratio_vs_hf']:.2f}x**" if "ratio_vs_hf" in m else "1.00x",
-                 f"{m['cpu_ratio_vs_hf']:.2f}x" if "cpu_ratio_vs_hf" in m else "1.00x"]
+        ratios = m.get("ratio_vs_hf", {})
+        cells = [LABELS[side]]
+        for key, name in ESTIMATES:
+            ratio = f"{ratios[key]:.2f}x" if key in ratios else ""
+            cells += [f"{m[key]:,.0f}", f"**{ratio}**" if side != "hf" and key == "tokens_per_second" else ratio]
+        cells += [" / ".join(f"{c:.2f}" for c in m["per_run_cores_used"]), f"{m['final_loss']:.3f}"]
         lines.append("| " + " | ".join(cells + ([f"{m['mfu']:.1%}"] if mfu else [])) + " |")
     if mfu:
-        lines += ["", (f"MFU: tokens/s x {s['flops_per_token'] / 1e6:.1f} MFLOP per token (Galeno's count: "
-                       f"6 x non-embedding parameters + 12 x layers x hidden x seq) / {s['peak_tflops']:g} "
-                       f"TFLOP/s ({s['gpu']}, dense bf16).")]
+        lines += ["", (f"MFU: tokens/s (median of runs) x {s['flops_per_token'] / 1e6:.1f} MFLOP per token "
+                       "(Galeno's count: 6 x non-embedding parameters + 12 x layers x hidden x seq) / "
+                       f"{s['peak_tflops']:g} TFLOP/s ({s['gpu']}, dense bf16).")]
     per_run = "; ".join(f"{LABELS[k]} {v['per_run_tokens_per_second']}" for k, v in result["summary"].items())
     loads = [r["load_average_before"] for r in result["runs"]]
-    lines += ["", f"Per-run tokens/s: {per_run}.",
-              (f"Load average (1 min) before the runs: {min(loads):.1f}-{max(loads):.1f} "
+    lines += ["", f"Per-run tokens/s, in run order per side: {per_run}.",
+              (f"Load average (1 min) before each run: {min(loads):.1f}-{max(loads):.1f} "
                f"(at the start: {result['load_average_at_start']:.1f}); whole benchmark "
                f"{result['elapsed_seconds']:.0f} s.")]
     return "\n".join(lines)
@@ -362,11 +424,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU, both sides")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--smoke", action="store_true", help="sample data, 3 timed steps, 1 repeat")
-    ap.add_argument("--side-spec", help=argparse.SUPPRESS)  # internal: run one side, print its JSON
     args = ap.parse_args()
-    if args.side_spec:
-        print(json.dumps(run_side(json.loads(args.side_spec))))
-        return
     if args.smoke:
         args.data, args.steps, args.warmup, args.repeats = "sample", 3, 1, 1
     args.data = args.data or ("shared" if SHARED_PHARMACONER.is_file() else "sample")
@@ -383,16 +441,17 @@ def main() -> None:
     spec = {"model": args.model, "seq_len": args.seq_len, "micro_batch": args.micro_batch, "steps": args.steps,
             "warmup": args.warmup, "total_steps": args.warmup + args.steps + 1, "device": args.device,
             "threads": args.threads, "seed": args.seed, "tokenizer": data["tokenizer"], "packed": data["packed"]}
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the sides' processes inherit these
+    if args.device == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
     runs = []
     for repeat in range(args.repeats):
         order = sides[repeat % len(sides):] + sides[:repeat % len(sides)]  # rotate: no side always goes first
-        for side in order:
-            run = run_subprocess({**spec, "side": side, "run_dir": str(WORK / "runs" / f"{side}-{repeat}")})
-            run["repeat"] = repeat
+        for run in run_round(spec, order, repeat):
             runs.append(run)
-            print(f"  {side:13s} repeat {repeat}: {run['tokens_per_second']:8.0f} tok/s, "
-                  f"{run['tokens_per_cpu_second']:8.0f} tok/CPU-s, loss {run['final_loss']:.3f} "
-                  f"(load {run['load_average_before']})", flush=True)
+            print(f"  {run['side']:13s} repeat {repeat}: {run['tokens_per_second']:6.0f} tok/s, median step "
+                  f"{statistics.median(run['step_seconds']):.3f} s, {run['cores_used']} cores, "
+                  f"loss {run['final_loss']:.3f}, load {run['load_average_before']}", flush=True)
 
     model = _model_facts(spec)
     result = {
@@ -401,7 +460,8 @@ def main() -> None:
                      **model},
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "data": data, "runs": runs, "summary": summarise(runs, sides, model),
-        "load_average_at_start": round(load0, 2), "elapsed_seconds": round(time.perf_counter() - t0, 1), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_at_start": round(load0, 2), "elapsed_seconds": round(time.perf_counter() - t0, 1),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     result["markdown"] = markdown(result)
     out = ROOT / "pretrain_throughput.json"
