@@ -20,17 +20,22 @@ biases and LayerNorms, no gradient clipping), linear warmup and decay, 15% dynam
   ``RobertaForMaskedLM`` computes logits over the whole vocabulary at every position. The
   optimizer is the Trainer's default (``adamw_torch_fused``).
 
-What is timed: wall-clock time between the ends of two optimizer steps, on both sides (a
-``TrainerCallback.on_step_end`` for hf, the loop's per-step report for galeno), from the end of
-step ``--warmup`` to the end of step ``--warmup + --steps``. Each side runs one step more than
-that, because galeno's last step evaluates and checkpoints before it reports. Tokens are the
-non-padding tokens of each batch (``attention_mask`` sum, ``<s>`` and ``</s>`` included), counted
-the same way on both sides. Each run is a fresh interpreter; the runs alternate (the order
-rotates every repeat) and the table gives the median per side. CPU-seconds of each run's
-window (``time.process_time``, all its threads) are recorded too: tokens per CPU-second does
-not move when other jobs share the cores, tokens per wall-second does.
+What is timed: the sides run at the same time, one fresh process each, in lock-step turns
+(``Turns``): a side runs one optimizer step while the others wait, so other work on a shared
+machine slows all sides alike. A step is timed from the moment its turn is granted to the end
+of its optimizer step (a ``TrainerCallback.on_step_end`` for hf, the loop's per-step report for
+galeno): the previous step's logging, fetching and collating the batch, forward, backward and
+optimizer step. Steps ``--warmup + 1`` to ``--warmup + --steps`` count; each side runs one step
+more, because galeno's last step evaluates and checkpoints. Tokens are the non-padding tokens
+of each batch (``attention_mask`` sum, ``<s>`` and ``</s>`` included), counted the same way on
+both sides. Each repeat starts new processes and rotates the order of the turns. Three
+estimates per side: the median over repeats of tokens / timed seconds, the best repeat, and
+mean tokens per step / the first quartile of all its step times (other work only ever
+lengthens a step). Per-step CPU-seconds (``time.process_time``) give "cores used": well under
+``--threads`` means the side did not get its cores.
 
-Writes ``artifacts/bench/pretrain_throughput.json`` and prints a Markdown table for
+Writes ``artifacts/bench/pretrain_throughput.json`` (and a copy named by model, sequence
+length, vocabulary and device; ``--smoke``: ``pretrain_throughput-smoke.json`` only) and prints a Markdown table for
 ``docs/benchmarks.md``. Data, tokenizer and packed sequences are built once and reused from
 ``artifacts/bench/pretrain_throughput/``.
 """
@@ -78,7 +83,9 @@ def prepare_data(data: str, vocab_size: int, seq_len: int, pack_mode: str, token
     if not (corpus / "manifest.json").is_file():
         shutil.rmtree(corpus, ignore_errors=True)
         write_corpus(corpus, _documents(data))
-    if tokenizer is None:
+    if tokenizer:
+        tokenizer = str(Path(tokenizer).resolve())  # the sides' processes read it too
+    else:
         tokenizer = str(base / f"tokenizer-v{vocab_size}")
         if not (Path(tokenizer) / "tokenizer.json").is_file():
             train_tokenizer(TokenizerConfig(corpus=str(corpus), output=tokenizer, vocab_size=vocab_size,
@@ -434,7 +441,7 @@ def main() -> None:
     if not set(sides) <= set(SIDES):
         sys.exit(f"--sides: choose from {', '.join(SIDES)}")
 
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    t0, load0, started = time.perf_counter(), os.getloadavg()[0], time.strftime("%Y-%m-%dT%H:%M:%S")
     data = prepare_data(args.data, args.vocab_size, args.seq_len, args.pack_mode, args.tokenizer)
     print(f"data: {data['train']['sequences']:,} train sequences, {data['train']['tokens']:,} tokens, "
           f"fill {data['train']['fill']} ({data['packed']})", flush=True)
@@ -461,11 +468,16 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "data": data, "runs": runs, "summary": summarise(runs, sides, model),
         "load_average_at_start": round(load0, 2), "elapsed_seconds": round(time.perf_counter() - t0, 1),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     result["markdown"] = markdown(result)
-    out = ROOT / "pretrain_throughput.json"
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    setting = f"{args.model}-seq{args.seq_len}-v{model['vocab']}-{args.device}"
+    names = ["pretrain_throughput-smoke.json"] if args.smoke else ["pretrain_throughput.json",
+                                                                   f"pretrain_throughput-{setting}.json"]
+    for name in names:
+        (ROOT / name).write_text(text)
+    out = ROOT / names[0]
     print()
     print(result["markdown"])
     print(f"\nwrote {out}")

@@ -166,7 +166,10 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
     """Step until ``trainer.max_steps``; evaluate, report and checkpoint on the configured cadence."""
     flops_per_token = task.flops_per_token(engine.module)
     target, higher_better = task.target
-    sink = open(metrics_path, "a") if metrics_path and rank == 0 else None
+    sink = None
+    if metrics_path and rank == 0:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        sink = open(metrics_path, "a")
     engine.train(True)
     try:
         while state.step < trainer.max_steps:
