@@ -73,7 +73,7 @@ def prepare_data(data: str, vocab_size: int, seq_len: int, pack_mode: str, token
     from galeno.runtime import RayConfig, init_ray
     from galeno.tokenizer import TokenizerConfig, train_tokenizer
     from galeno.train.config import MLMDataConfig
-    from galeno.train.packing import pack_corpus, packing_tag
+    from galeno.train.packing import pack_corpus, packing_identity, packing_tag
 
     sys.path.insert(0, str(REPO))  # tests.builders writes the corpus layout
     from tests.builders import write_corpus
@@ -92,7 +92,7 @@ def prepare_data(data: str, vocab_size: int, seq_len: int, pack_mode: str, token
                                             eval_fraction=0.0, progress=False))
     cfg = MLMDataConfig(corpus=str(corpus), tokenizer=tokenizer, seq_len=seq_len, pack_mode=pack_mode,
                         val_fraction=0.02)
-    packed = base / f"packed-{packing_tag(cfg)}"
+    packed = base / f"packed-{packing_tag(packing_identity(cfg))}"
     if not (packed / "manifest.json").is_file():
         init_ray(RayConfig(num_cpus=2, progress_bars=False))
         pack_corpus(cfg, packed)

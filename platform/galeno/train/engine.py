@@ -155,12 +155,6 @@ class DeepSpeedEngine(Engine):
         _, client_state = self.engine.load_checkpoint(directory, tag=tag)
         return client_state or {}
 
-    def consolidated_state_dict(self, directory: str, tag: str) -> dict:
-        """fp32 weights gathered from the ZeRO shards of a saved checkpoint."""
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(directory, tag=tag)
-
 
 class TorchEngine(Engine):
     """Plain PyTorch (DDP when distributed): the same contract, for NER and DeepSpeed-less boxes."""
@@ -228,8 +222,15 @@ class TorchEngine(Engine):
         self.scaler.load_state_dict(state["scaler"])
         return state["client_state"]
 
-    def consolidated_state_dict(self, directory: str, tag: str) -> dict:
-        return torch.load(Path(directory) / tag / "state.pt", map_location="cpu", weights_only=False)["model"]
+
+def consolidated_state_dict(checkpoint_dir: str | Path, tag: str) -> dict:
+    """Full fp32 weights of a saved checkpoint of either engine (ZeRO shards are gathered)."""
+    torch_state = Path(checkpoint_dir) / tag / "state.pt"
+    if torch_state.is_file():
+        return torch.load(torch_state, map_location="cpu", weights_only=False)["model"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
 
 
 def build_engine(model: nn.Module, trainer: TrainerConfig, optim: OptimConfig, device: torch.device,

@@ -133,13 +133,15 @@ def _add(out, row, split, source, reason):
     out["reason"].append(reason)
 
 
-def packing_tag(cfg: MLMDataConfig) -> str:
+def packing_identity(cfg: MLMDataConfig) -> dict[str, Any]:
+    """What the packed data depends on: tokenizer and corpus identities plus the packing settings."""
+    return {"tokenizer": tokenizer_digest(cfg.tokenizer), "corpus": file_hash(paths.corpus_manifest(cfg.corpus)),
+            "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction}
+
+
+def packing_tag(identity: dict[str, Any]) -> str:
     """Names the packed folder: a changed tokenizer, corpus or packing never reuses stale data."""
-    return config_hash({
-        "tokenizer": tokenizer_digest(cfg.tokenizer),
-        "corpus": file_hash(paths.corpus_manifest(cfg.corpus)),
-        "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction,
-    })
+    return config_hash(identity)
 
 
 def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None = None) -> dict[str, Any]:
@@ -157,6 +159,7 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
     if not (Path(cfg.tokenizer) / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {cfg.tokenizer}: run jobs/train_tokenizer.py first")
     t0 = time.time()
+    identity = packing_identity(cfg)
     cfg_dict = to_dict(cfg)
     cfg_dict["tokenizer"] = str(Path(cfg.tokenizer).resolve())
     ds = ray.data.read_parquet(str(docs_dir.resolve()), columns=["id", "source", "text"],
@@ -170,8 +173,8 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
          .write_parquet(str(paths.packed_split(tmp, split).resolve()), min_rows_per_file=4096))
     groups = packed.map_batches(_batch_totals, batch_format="pyarrow").take_all()  # one row per block
     manifest: dict[str, Any] = {
-        "config": cfg_dict, "tag": packing_tag(cfg), "tokenizer_hash": tokenizer_digest(cfg.tokenizer),
-        "corpus_manifest_hash": file_hash(paths.corpus_manifest(cfg.corpus)),
+        "config": cfg_dict, "tag": packing_tag(identity), "tokenizer_hash": identity["tokenizer"],
+        "corpus_manifest_hash": identity["corpus"],
         "splits": {s: _totals([], cfg.seq_len) for s in ("train", "val")}, "sources": {}, "rejected": {}}
     for g in sorted(groups, key=lambda g: (g["split"], g["source"], g["reason"])):
         if g["split"] == "rejected":

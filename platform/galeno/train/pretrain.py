@@ -9,6 +9,7 @@ from the latest checkpoint, up to ``trainer.max_failures`` times.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -109,19 +110,12 @@ def ray_fit(cfg: PretrainConfig, packed: str | Path):
 
 def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra: dict[str, Any]) -> Path:
     """Consolidate the checkpoint's shards into fp32 weights and write a Hugging Face directory."""
+    from galeno.train.engine import consolidated_state_dict
     from galeno.train.loop import CHECKPOINT_TAG
 
     task = _task(cfg)
     model = task.build_model()
-    torch_state = Path(checkpoint_dir) / CHECKPOINT_TAG / "state.pt"
-    if torch_state.is_file():
-        import torch
-
-        state = torch.load(torch_state, map_location="cpu", weights_only=False)["model"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=CHECKPOINT_TAG)
+    state = consolidated_state_dict(checkpoint_dir, CHECKPOINT_TAG)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.decoder.weight")]  # tied to the embeddings
     if missing or unexpected:
@@ -136,32 +130,25 @@ def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra:
 def run(cfg: PretrainConfig) -> dict[str, Any]:
     """The whole job: pack (or reuse packed data), train, export; returns a summary."""
     from galeno.runtime import init_ray
-    from galeno.train.packing import pack_corpus, packing_tag
+    from galeno.train.packing import pack_corpus, packing_identity, packing_tag
 
     t0 = time.time()
     cfg = absolute_paths(cfg)
     init_ray(cfg.ray)
-    packed = paths.packed_data(cfg.output, packing_tag(cfg.data)).resolve()
+    packed = paths.packed_data(cfg.output, packing_tag(packing_identity(cfg.data))).resolve()
     manifest = pack_corpus(cfg.data, packed)
     if manifest["splits"]["train"]["sequences"] < cfg.trainer.micro_batch * cfg.trainer.num_workers:
         raise ValueError(f"only {manifest['splits']['train']['sequences']} training sequences: fewer than one "
                          f"micro batch per worker")
     if cfg.trainer.launcher == "local":
-        checkpoint = local_worker(cfg, packed)
-        final_dir = checkpoint
-        ctx = None
+        final = contextlib.nullcontext(local_worker(cfg, packed))
     else:
-        ckpt = ray_fit(cfg, packed)
-        ctx = ckpt.as_directory()
-        final_dir = ctx.__enter__()
-    try:
+        final = ray_fit(cfg, packed).as_directory()
+    with final as final_dir:
         lineage = {"config_hash": config_hash(cfg), "packing_tag": manifest["tag"],
                    "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"],
                    "checkpoint": str(final_dir), "config": to_dict(cfg)}
         model_dir = export(cfg, final_dir, paths.model_export(cfg.output), lineage)
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     last = _last_metrics(paths.metrics_log(cfg.output))
     summary = {"model": str(model_dir), "packed": str(packed), "steps": last.get("step"),
                "loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_perplexity": last.get("val_perplexity"),
