@@ -98,6 +98,10 @@ class Engine:
     def __call__(self, **batch):
         raise NotImplementedError
 
+    def eval_forward(self, **batch):
+        """Forward for evaluation with no collective inside, so ranks may run different batch counts."""
+        raise NotImplementedError
+
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -135,6 +139,11 @@ class DeepSpeedEngine(Engine):
 
     def __call__(self, **batch):
         return self.engine(**batch)
+
+    def eval_forward(self, **batch):
+        if self.engine.zero_optimization_stage() == 3:  # partitioned weights: gathering is a collective
+            return self.engine(**batch)
+        return self.module(**batch)  # ZeRO 0-2 keep full (fp16/bf16) weights on every rank
 
     def backward(self, loss):
         self.engine.backward(loss)
@@ -184,6 +193,13 @@ class TorchEngine(Engine):
                 with self.wrapped.no_sync():
                     return self.wrapped(**batch)
             return self.wrapped(**batch)
+
+    def eval_forward(self, **batch):
+        # not through DDP: its forward broadcasts buffers, a collective that would wait for
+        # ranks that have already run out of validation batches
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            return self.module(**batch)
 
     def backward(self, loss):
         self.scaler.scale(loss / self.grad_accum).backward()

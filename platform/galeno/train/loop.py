@@ -7,7 +7,8 @@ process with world size 1 (``LocalReporter``), which is how GPU throughput is me
 single-GPU box without Ray.
 
 A task provides ``build_model``, ``collate(raw_batch, generator)``, ``tokens(batch)``,
-``step_loss(outputs)``, ``eval_sums(outputs)``, ``eval_summary(sums)``, ``flops_per_token``
+``step_loss(outputs)``, ``eval_sums(outputs)`` (summing the keys in ``eval_keys``),
+``eval_summary(sums)``, ``flops_per_token``
 and ``export``; see ``galeno.train.mlm.MLMTask``.
 """
 
@@ -150,11 +151,11 @@ def evaluate(task, engine, batches: Iterable[dict[str, Any]], device: torch.devi
         for i, raw in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
-            outputs = engine(**_to(task.collate(raw, generator), device))
+            outputs = engine.eval_forward(**_to(task.collate(raw, generator), device))
             for k, v in task.eval_sums(outputs).items():
                 sums[k] = sums.get(k, 0.0) + v
     engine.train(True)
-    keys = sorted(set(sums) | set(getattr(task, "eval_keys", ())))
+    keys = list(task.eval_keys)  # fixed on every rank, even one with no validation batch
     total = _all_reduce([sums.get(k, 0.0) for k in keys], device)
     return task.eval_summary(dict(zip(keys, total)))
 

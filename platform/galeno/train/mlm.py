@@ -88,6 +88,8 @@ class MLMTask:
     name = "mlm"
     #: metric the loop keeps the best checkpoint on, and whether higher is better
     target = ("val_loss", False)
+    #: what ``eval_sums`` returns; every rank all-reduces exactly these
+    eval_keys = ("loss_sum", "n", "correct")
 
     def __init__(self, model_cfg: ModelConfig, tokenizer_dir: str, seq_len: int, mlm_probability: float, seed: int):
         from galeno.train.packing import load_tokenizer
