@@ -8,9 +8,9 @@ TORCH_VERSION ?= 2.13.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup clean help
+.PHONY: install demo test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
 help:
-	@echo "make demo | test | test-fast | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
+	@echo "make demo | test | test-fast | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: install  ## corpus → tokenizer → tiny RoBERTa pretraining on the shipp
 	$(PY) jobs/pretrain.py --config configs/pretrain/tiny-cpu.yaml
 	@echo "corpus report: artifacts/corpus-sample/report.md"
 	@echo "model: artifacts/pretrain/tiny-cpu/model (metrics: artifacts/pretrain/tiny-cpu/metrics.jsonl)"
+	@echo "runs and the registered galeno-mlm: make mlflow-ui, then http://127.0.0.1:5000"
+
+MLFLOW_HOME := $(abspath $(or $(GALENO_HOME),artifacts))/mlflow
+MLFLOW_PORT ?= 5000
+mlflow-ui: install  ## browse the embedded store (runs, registry, lineage) at http://127.0.0.1:$(MLFLOW_PORT)
+	mkdir -p $(MLFLOW_HOME)/artifacts
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	    --backend-store-uri sqlite:///$(MLFLOW_HOME)/mlflow.db --default-artifact-root $(MLFLOW_HOME)/artifacts
 
 tokenizer-shared: install  ## 52k byte-level BPE on the shared corpus (after make corpus-shared)
 	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/shared.yaml

@@ -26,3 +26,13 @@ def write_corpus(out: Path, docs: list[dict]) -> Path:
         pq.write_table(pa.Table.from_pylist(part, schema=schema), folder / f"part-{n:05d}.parquet")
     paths.corpus_manifest(out).write_text(json.dumps({"total": {"documents_out": len(rows)}}))
     return out
+
+
+def tracked_run(output):
+    """The MLflow run a job recorded for its output folder (jobs track into the test session's store)."""
+    from galeno import paths
+    from galeno.tracking import client
+
+    record = json.loads(paths.mlflow_run_file(output).read_text())
+    mc = client()
+    return mc, mc.get_run(record["run_id"])

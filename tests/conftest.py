@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GALENO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_tracking(tmp_path_factory):
+    """Jobs run by tests track into a SQLite store under a temporary GALENO_HOME, never into the
+    repo's artifacts/ or a tracking server named by the developer's shell."""
+    home = tmp_path_factory.mktemp("galeno-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GALENO_HOME", str(home))
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME",
+                     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            mp.delenv(name, raising=False)
+        yield home
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The licensed corpora in ../shared/data; tests skip with a reason where it is absent."""

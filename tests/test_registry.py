@@ -25,8 +25,8 @@ import pytest
 pytest.importorskip("mlflow")
 pytest.importorskip("transformers")
 
-from galeno.registry import (  # noqa: E402
-    PromotionRefused, RunLogger, TrackingConfig, history, promote, register_model, resolve_model, tracking_uri)
+from galeno.registry import PromotionRefused, history, promote, register_model, resolve_model  # noqa: E402
+from galeno.tracking import RunLogger, TrackingConfig, tracking_uri  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def test_run_logger_survives_a_server_killed_mid_run(server, caplog):
     for step in range(5):
         logger.log_metrics({"loss": 10.0 - step, "note": "skipped", "lr": 1e-4}, step)
     assert logger.flush() and logger.run_id
-    with caplog.at_level(logging.WARNING, logger="galeno.registry"):
+    with caplog.at_level(logging.WARNING, logger="galeno.tracking"):
         server.kill()
         for step in range(5, 15):
             logger.log_metrics({"loss": 10.0 - step}, step)
@@ -313,7 +313,7 @@ def test_run_logger_survives_a_server_killed_mid_run(server, caplog):
 def test_run_logger_never_raises_when_the_server_never_answers(caplog):
     cfg = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}", max_buffered=10, flush_every=5,
                          flush_seconds=0.2, end_timeout=5)
-    with caplog.at_level(logging.WARNING, logger="galeno.registry"):
+    with caplog.at_level(logging.WARNING, logger="galeno.tracking"):
         logger = RunLogger(cfg).start({"a": 1}, run_name="nowhere")
         for step in range(25):
             logger.log_metrics({"loss": float(step)}, step)

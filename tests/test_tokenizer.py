@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from galeno import paths  # noqa: E402
 from galeno.config import ConfigError, load  # noqa: E402
 from galeno.corpus.readers import read_file  # noqa: E402
-from tests.builders import write_corpus as _write_corpus  # noqa: E402
+from tests.builders import tracked_run, write_corpus as _write_corpus  # noqa: E402
 from galeno.tokenizer import SPECIAL_TOKENS, TokenizerConfig, is_heldout, main, train_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +123,17 @@ def test_report_measures_heldout_and_dev_sets(trained):
     manifest = paths.corpus_manifest(cfg.corpus).read_bytes()
     assert report["corpus_manifest_hash"] == hashlib.sha256(manifest).hexdigest()[:12]
     assert json.loads(paths.tokenizer_report(cfg.output).read_text()) == report
+
+
+def test_the_run_is_tracked_with_the_corpus_as_input(trained):
+    cfg, report = trained
+    mc, mlrun = tracked_run(cfg.output)
+    assert mlrun.data.tags["galeno.job"] == "tokenizer" and mlrun.data.tags["galeno.tokenizer_hash"] == report["tokenizer_hash"]
+    assert mlrun.data.metrics["eval.heldout.fertility"] == report["eval"]["heldout"]["fertility"]
+    assert mlrun.data.metrics["vocab_size"] == report["vocab_size"]
+    (corpus,) = mlrun.inputs.dataset_inputs
+    assert corpus.dataset.name == "corpus" and corpus.dataset.digest == report["corpus_manifest_hash"]
+    assert "tokenizer/tokenizer.json" in {a.path for a in mc.list_artifacts(mlrun.info.run_id, "tokenizer")}
 
 
 def test_empty_corpus_is_a_clear_error(tmp_path):

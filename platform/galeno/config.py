@@ -167,8 +167,14 @@ def to_dict(obj: Any) -> Any:
 
 
 def config_hash(obj: Any, length: int = 12) -> str:
-    """Stable short hash of a config's content (names output folders, tags MLflow runs)."""
-    blob = json.dumps(to_dict(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """Stable short hash of a config's content (names output folders, tags MLflow runs).
+
+    A top-level ``tracking`` group is left out: where a run is recorded does not change what it computes.
+    """
+    tree = to_dict(obj)
+    if isinstance(tree, dict):
+        tree.pop("tracking", None)
+    blob = json.dumps(tree, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

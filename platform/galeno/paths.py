@@ -75,3 +75,14 @@ def model_export(out: str | Path) -> Path:
 def metrics_log(out: str | Path) -> Path:
     """Per-step metrics of rank 0 as JSON lines (also reported to Ray Train and MLflow)."""
     return Path(out) / "metrics.jsonl"
+
+
+# --- tracking (docs/mlflow.md)
+def mlflow_home() -> Path:
+    """The embedded MLflow store (mlflow.db), its artifacts and registry models downloaded by jobs."""
+    return artifact_root() / "mlflow"
+
+
+def mlflow_run_file(out: str | Path) -> Path:
+    """The MLflow run of a job's output folder: a rerun of the same folder continues that run."""
+    return Path(out) / "mlflow_run.json"

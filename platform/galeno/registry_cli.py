@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from galeno.registry import PromotionRefused, TrackingConfig, promote
+    from galeno.registry import PromotionRefused, promote
+    from galeno.tracking import TrackingConfig
     from galeno.runtime import setup_logging
 
     parser = build_parser()

@@ -31,6 +31,7 @@ from galeno import paths
 from galeno.hashing import file_hash, is_heldout
 from galeno.config import Flag, config_hash, parse_cli, set_field, to_dict
 from galeno.corpus.readers import FORMATS, expand_source, read_file, source_root
+from galeno.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class TokenizerConfig:
     """Documents read from Parquet, and encoded for the report, at a time."""
     progress: bool = True
     """Show progress bars."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow run of the job: config, fertility metrics, the corpus as input, the tokenizer files."""
 
     def __post_init__(self) -> None:
         if not self.corpus or not self.output:
@@ -209,7 +212,33 @@ def measure(tok: Any, texts: Iterable[str], batch_rows: int = 1024) -> dict[str,
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
-    """Train on the corpus minus its held-out documents, save the tokenizer, write and return the report."""
+    """Train on the corpus minus its held-out documents, save the tokenizer, write and return the report.
+
+    Tracked as an MLflow run: the corpus manifest as input (by digest), fertility and unknown
+    rate per evaluation set as metrics, the tokenizer files and report as artifacts.
+    """
+    from galeno.tracking import flat_metrics, job_run
+
+    manifest = paths.corpus_manifest(cfg.corpus)
+    with job_run(cfg.tracking, "tokenizer", cfg.output, to_dict(cfg), run_name=f"tokenizer-{Path(cfg.output).name}",
+                 tags={"galeno.config_hash": config_hash(cfg)}) as tracker:
+        if manifest.is_file():
+            tracker.log_input_dataset("corpus", file_hash(manifest), str(Path(cfg.corpus).resolve()),
+                                      schema={"id": "string", "source": "string", "text": "string"})
+        report = _train_tokenizer(cfg)
+        tracker.log_metrics(flat_metrics({"vocab_size": report["vocab_size"], "train": report["train"],
+                                          "eval": {_metric_name(k): v for k, v in report["eval"].items()}}))
+        tracker.set_tags({"galeno.tokenizer_hash": report["tokenizer_hash"]})
+        tracker.log_artifact(cfg.output, "tokenizer")
+    return report
+
+
+def _metric_name(spec: str) -> str:
+    """An evaluation set as a metric-name part: conll:data/x/dev.conll -> conll_data_x_dev.conll."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in spec).strip("_")
+
+
+def _train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
     _require_backends()
     from tokenizers import Tokenizer
 

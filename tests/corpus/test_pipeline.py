@@ -16,6 +16,7 @@ from galeno.config import load
 from galeno.corpus.config import CorpusConfig
 from galeno.corpus.pipeline import plan_shards, run
 from galeno.corpus.readers import expand_source, read_file, source_root
+from tests.builders import tracked_run
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PRESET = REPO / "configs" / "corpus" / "sample.yaml"
@@ -73,6 +74,17 @@ def test_output_contract(sample_run):
     assert "| Name | Tokens | Description |" in report
     for src in cfg.sources:
         assert f"| {src.name} |" in report
+
+
+def test_the_run_is_tracked_with_per_corpus_counts(sample_run):
+    cfg, out, manifest = sample_run
+    mc, mlrun = tracked_run(out)
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["galeno.job"] == "corpus"
+    assert mlrun.data.params["minhash.threshold"] == str(cfg.minhash.threshold)
+    for name, counts in manifest["sources"].items():  # the report's token counts, per corpus
+        assert mlrun.data.metrics[f"source.{name}.words_out"] == counts["words_out"]
+    assert mlrun.data.metrics["total.document_drops.lang_pt"] == manifest["total"]["document_drops"]["lang_pt"]
+    assert {"manifest.json", "report.md"} <= {a.path for a in mc.list_artifacts(mlrun.info.run_id)}
 
 
 def test_every_input_document_is_kept_or_rejected_exactly_once(sample_run):

@@ -7,7 +7,9 @@ restarts the workers from the latest checkpoint), then a re-run of the same name
 from __future__ import annotations
 
 import json
+import logging
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from galeno import paths
 from galeno.config import load
 from galeno.train.config import PretrainConfig
 from galeno.train.pretrain import run
+from tests.builders import tracked_run
 from tests.train.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -78,13 +81,42 @@ def test_export_loads_in_transformers(ray_run):
     assert lineage["tokenizer_hash"] and lineage["corpus_manifest_hash"] and len(lineage["config_hash"]) == 12
 
 
+def test_the_run_is_tracked_and_the_model_registered(ray_run):
+    """Rank 0 streams its metrics into the driver's run across the killed worker's restart; the
+    inputs are logged by digest and the model is a registered galeno-mlm version with its lineage."""
+    from galeno.registry import MLM_MODEL, resolve_model
+
+    out, _, summary = ray_run
+    mc, mlrun = tracked_run(out)
+    assert mlrun.info.run_id == summary["mlflow_run_id"] and mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["trainer.num_workers"] == "2" and mlrun.data.tags["galeno.job"] == "pretrain"
+    assert {m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")} == set(range(1, 31))
+    assert len(mc.get_metric_history(mlrun.info.run_id, "val_loss")) >= 3
+    lineage = json.loads((paths.model_export(out) / "galeno.json").read_text())
+    digests = {d.dataset.name: d.dataset.digest for d in mlrun.inputs.dataset_inputs}
+    assert digests["corpus"] == lineage["corpus_manifest_hash"] and digests["tokenizer"] == lineage["tokenizer_hash"]
+    assert {a.path for a in mc.list_artifacts(mlrun.info.run_id)} >= {"metrics.jsonl", "inputs", "config.json"}
+
+    name, version = summary["registered_model"].removeprefix("models:/").split("/")
+    assert name == MLM_MODEL
+    mv = mc.get_model_version(name, version)
+    assert mv.run_id == mlrun.info.run_id
+    assert mv.tags["corpus_manifest_hash"] == lineage["corpus_manifest_hash"]
+    assert float(mv.tags["metric.val_loss"]) == pytest.approx(summary["val_loss"])
+    local = resolve_model(summary["registered_model"])
+    assert (paths.model_export(out) / "model.safetensors").read_bytes() == (Path(local) / "model.safetensors").read_bytes()
+
+
 def test_resubmitting_the_same_run_continues_it(ray_run):
-    out, overrides, _ = ray_run
+    out, overrides, first = ray_run
     summary = run(load(PretrainConfig, None, [o for o in overrides if not o.startswith("trainer.max_steps")]
                        + ["trainer.max_steps=35"]))
     rows = _metrics(out)
     assert summary["steps"] == 35
     assert rows[-1]["resumed_from_step"] == 30 and rows[-1]["step"] == 35
+    mc, mlrun = tracked_run(out)  # one MLflow run, one loss curve
+    assert summary["mlflow_run_id"] == first["mlflow_run_id"] == mlrun.info.run_id
+    assert max(m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")) == 35
 
 
 def test_world_size_one_without_ray_or_deepspeed(tiny_corpus, tiny_tokenizer, tmp_path, ray_local):
@@ -96,3 +128,24 @@ def test_world_size_one_without_ray_or_deepspeed(tiny_corpus, tiny_tokenizer, tm
     losses = _val_losses(_metrics(out))
     assert summary["steps"] == 20 and losses[-1] < losses[0]
     assert (paths.model_export(out) / "model.safetensors").is_file()
+    mc, mlrun = tracked_run(out)
+    assert [m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")] == list(range(1, 21))
+    assert summary["registered_model"].startswith("models:/galeno-mlm/")
+
+
+def test_a_tracking_server_that_never_answers_does_not_stop_training(tiny_corpus, tiny_tokenizer, tmp_path,
+                                                                      ray_local, caplog):
+    """Down from start to end: the job trains, exports and says the model is not registered."""
+    from tests.conftest import free_port
+
+    out = tmp_path / "down"
+    with caplog.at_level(logging.WARNING):
+        summary = run(load(PretrainConfig, None, tiny_overrides(tiny_corpus, tiny_tokenizer, out, **{
+            "trainer.launcher": "local", "trainer.deepspeed": False, "trainer.max_steps": 4,
+            "trainer.eval_every": 0, "trainer.cpus_per_worker": 1,
+            "tracking.tracking_uri": f"http://127.0.0.1:{free_port()}", "tracking.end_timeout": 5})))
+    assert summary["steps"] == 4 and summary["registered_model"] is None
+    assert (paths.model_export(out) / "model.safetensors").is_file()
+    assert not paths.mlflow_run_file(out).exists()
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "training goes on" in warnings and "is not registered" in warnings

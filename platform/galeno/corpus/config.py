@@ -17,6 +17,7 @@ from galeno.corpus.langid import LangIdConfig
 from galeno.corpus.normalize import NormalizeConfig
 from galeno.corpus.readers import FORMATS
 from galeno.runtime import RayConfig
+from galeno.tracking import TrackingConfig
 
 
 @dataclass
@@ -77,6 +78,8 @@ class CorpusConfig:
     """Skip input shards already committed by an interrupted run with the same config."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where to run."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow run of the job: config, per-corpus counts, manifest and report (docs/mlflow.md)."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]

@@ -30,6 +30,7 @@ from galeno import __version__, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.corpus.config import CorpusConfig
 from galeno.corpus.document import Document, to_row
+from galeno.hashing import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -352,17 +353,33 @@ def absolute_paths(cfg: CorpusConfig) -> CorpusConfig:
 
 
 def run(cfg: CorpusConfig) -> dict[str, Any]:
-    """Run the whole corpus job; returns the manifest (also written to ``manifest.json``)."""
+    """Run the whole corpus job, tracked as an MLflow run; returns the manifest (also in ``manifest.json``)."""
+    from galeno.tracking import flat_metrics, job_run
+
+    if not cfg.sources:
+        raise ValueError("no sources: give --source NAME=FORMAT:PATH or a --config with sources")
+    cfg = absolute_paths(cfg)
+    out = Path(cfg.output)
+    with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{out.name}",
+                 tags={"galeno.local_tag": local_tag(cfg)}) as tracker:
+        manifest = _run(cfg)
+        # per-corpus counts (words_out is the token count of the report), drops by reason, timings
+        tracker.log_metrics(flat_metrics({"total": manifest["total"], "source": manifest["sources"],
+                                          "seconds": manifest["stage_seconds"]}))
+        tracker.set_tags({"galeno.corpus_manifest_hash": file_hash(paths.corpus_manifest(out))})
+        tracker.log_artifact(paths.corpus_manifest(out))
+        tracker.log_artifact(paths.corpus_report(out))
+    return manifest
+
+
+def _run(cfg: CorpusConfig) -> dict[str, Any]:
     import ray.data
 
     from galeno.corpus.dedup import dedup_documents, dedup_sentences
     from galeno.corpus.report import write_manifest_and_report
     from galeno.runtime import init_ray
 
-    if not cfg.sources:
-        raise ValueError("no sources: give --source NAME=FORMAT:PATH or a --config with sources")
     t0 = time.time()
-    cfg = absolute_paths(cfg)
     out = Path(cfg.output)
     init_ray(cfg.ray)
     timings: dict[str, float] = {}

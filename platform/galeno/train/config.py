@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from galeno.runtime import RayConfig
+from galeno.tracking import TrackingConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SCHEDULES = ("linear", "polynomial", "constant")
@@ -196,6 +197,8 @@ class PretrainConfig:
     """Loop, batch arithmetic, DeepSpeed, checkpoints and workers."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Ray cluster to join or start."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow run of the job and registration of the model as galeno-mlm (docs/mlflow.md)."""
 
     def __post_init__(self) -> None:
         if self.model.max_position_embeddings < self.data.seq_len + 2:

@@ -163,8 +163,12 @@ def evaluate(task, engine, batches: Iterable[dict[str, Any]], device: torch.devi
 def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Callable[[], Iterable[dict[str, Any]]],
         trainer: TrainerConfig, reporter, state: RunState, device: torch.device, *,
         rank: int = 0, world_size: int = 1, metrics_path: Optional[Path] = None,
-        peak_tflops: float = 0.0) -> RunState:
-    """Step until ``trainer.max_steps``; evaluate, report and checkpoint on the configured cadence."""
+        peak_tflops: float = 0.0, tracker=None) -> RunState:
+    """Step until ``trainer.max_steps``; evaluate, report and checkpoint on the configured cadence.
+
+    Rank 0 writes every step's metrics to ``metrics_path`` and to ``tracker`` (a
+    ``galeno.tracking.RunLogger``, or None), which buffers them and never blocks the step.
+    """
     flops_per_token = task.flops_per_token(engine.module)
     target, higher_better = task.target
     sink = None
@@ -208,8 +212,12 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
             if sink:
                 sink.write(json.dumps(metrics) + "\n")
                 sink.flush()
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=state.step)
             checkpoint = (trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0) or last
             if checkpoint:
+                if tracker is not None:
+                    tracker.wake()  # send what the checkpoint covers before a failure could lose it
                 reporter.report(metrics, save=lambda d: engine.save(d, CHECKPOINT_TAG, asdict(state)))
             elif state.step % trainer.log_every == 0:
                 reporter.report(metrics)
@@ -237,8 +245,10 @@ def _maybe_kill(trainer: TrainerConfig, state: RunState, rank: int, world_size: 
 
 
 def run_worker(task, trainer: TrainerConfig, optim: OptimConfig, *, train_epoch: Callable[[int], Iterable],
-               val_batches: Callable[[], Iterable], reporter, output: str | Path) -> RunState:
-    """Per-worker setup → restore → fit. Called by Ray Train on each worker, or directly (world size 1)."""
+               val_batches: Callable[[], Iterable], reporter, output: str | Path, tracker=None) -> RunState:
+    """Per-worker setup → restore → fit. Called by Ray Train on each worker, or directly (world size 1).
+
+    ``tracker`` receives rank 0's metrics (pass it on rank 0 only)."""
     from galeno.train.engine import build_engine, device_for, init_distributed_if_needed, peak_tflops, world
 
     init_distributed_if_needed()
@@ -260,4 +270,5 @@ def run_worker(task, trainer: TrainerConfig, optim: OptimConfig, *, train_epoch:
         log.info("world %d, device %s, precision %s, accumulation %d, peak %.2f TFLOP/s", world_size, device,
                  precision, engine.grad_accum, peak)
     return fit(task, engine, cycle_epochs(train_epoch, state), val_batches, trainer, reporter, state, device,
-               rank=rank, world_size=world_size, metrics_path=paths.metrics_log(output), peak_tflops=peak)
+               rank=rank, world_size=world_size, metrics_path=paths.metrics_log(output), peak_tflops=peak,
+               tracker=tracker if rank == 0 else None)

@@ -41,6 +41,7 @@ def pretrain_worker(config: dict[str, Any]) -> None:
 
     packed = config["packed"]
     micro = cfg.trainer.micro_batch
+    tracker = _worker_tracker(cfg, config.get("mlflow_run_id"))
 
     def train_epoch(epoch: int):
         import ray.train
@@ -54,11 +55,26 @@ def pretrain_worker(config: dict[str, Any]) -> None:
         return parquet_batches(paths.packed_split(packed, "val"), micro, rank=rank, world_size=world_size,
                                seed=0, drop_last=False, shuffle=False, columns=["input_ids"])
 
-    run_worker(_task(cfg), cfg.trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches,
-               reporter=RayReporter(), output=cfg.output)
+    try:
+        run_worker(_task(cfg), cfg.trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches,
+                   reporter=RayReporter(), output=cfg.output, tracker=tracker)
+    finally:
+        if tracker is not None:
+            tracker.end(status=None)  # the driver closes the run after export and registration
 
 
-def local_worker(cfg: PretrainConfig, packed: str | Path):
+def _worker_tracker(cfg: PretrainConfig, run_id: str | None):
+    """Rank 0 logs its metrics into the driver's MLflow run; other ranks, or no run, log nothing."""
+    import ray.train
+
+    if not run_id or ray.train.get_context().get_world_rank() != 0:
+        return None
+    from galeno.tracking import RunLogger
+
+    return RunLogger(cfg.tracking).start(run_id=run_id)
+
+
+def local_worker(cfg: PretrainConfig, packed: str | Path, tracker=None):
     """World size 1 in this process, no Ray: the same worker body with a local reporter."""
     if not cfg.trainer.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -76,13 +92,15 @@ def local_worker(cfg: PretrainConfig, packed: str | Path):
 
     reporter = LocalReporter(cfg.output, cfg.trainer.keep_checkpoints)
     run_worker(_task(cfg), cfg.trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches,
-               reporter=reporter, output=cfg.output)
+               reporter=reporter, output=cfg.output, tracker=tracker)
     with reporter.latest_checkpoint() as ckpt:
         return ckpt
 
 
-def ray_fit(cfg: PretrainConfig, packed: str | Path):
-    """Launch the workers with Ray Train's TorchTrainer; returns the final checkpoint."""
+def ray_fit(cfg: PretrainConfig, packed: str | Path, mlflow_run_id: str | None = None):
+    """Launch the workers with Ray Train's TorchTrainer; returns the final checkpoint.
+
+    Rank 0 logs its metrics into MLflow run ``mlflow_run_id`` (None: no metrics to MLflow from the workers)."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -92,7 +110,7 @@ def ray_fit(cfg: PretrainConfig, packed: str | Path):
     train = ray.data.read_parquet(str(paths.packed_split(packed, "train")), columns=["input_ids"])
     trainer = TorchTrainer(
         pretrain_worker,
-        train_loop_config={"cfg": to_dict(cfg), "packed": str(packed)},
+        train_loop_config={"cfg": to_dict(cfg), "packed": str(packed), "mlflow_run_id": mlflow_run_id},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
@@ -110,8 +128,9 @@ def ray_fit(cfg: PretrainConfig, packed: str | Path):
 
 def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra: dict[str, Any]) -> Path:
     """Consolidate the checkpoint's shards into fp32 weights and write a Hugging Face directory."""
-    from galeno.train.engine import consolidated_state_dict
     from galeno.train.loop import CHECKPOINT_TAG
+
+    from galeno.train.engine import consolidated_state_dict
 
     task = _task(cfg)
     model = task.build_model()
@@ -128,8 +147,14 @@ def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra:
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    """The whole job: pack (or reuse packed data), train, export; returns a summary."""
+    """The whole job: pack (or reuse packed data), train, export, register; returns a summary.
+
+    The driver owns the MLflow run (config, inputs, final metrics, the model); rank 0 logs the
+    per-step metrics into it. Tracking never stops the job: if the store is down the run is
+    created when it answers again, and a model that could not be registered says so in the summary.
+    """
     from galeno.runtime import init_ray
+    from galeno.tracking import job_run
     from galeno.train.packing import pack_corpus, packing_identity, packing_tag
 
     t0 = time.time()
@@ -140,41 +165,100 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     if manifest["splits"]["train"]["sequences"] < cfg.trainer.micro_batch * cfg.trainer.num_workers:
         raise ValueError(f"only {manifest['splits']['train']['sequences']} training sequences: fewer than one "
                          f"micro batch per worker")
-    if cfg.trainer.launcher == "local":
-        final = contextlib.nullcontext(local_worker(cfg, packed))
-    else:
-        final = ray_fit(cfg, packed).as_directory()
-    with final as final_dir:
-        lineage = {"config_hash": config_hash(cfg), "packing_tag": manifest["tag"],
-                   "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"],
-                   "checkpoint": str(final_dir), "config": to_dict(cfg)}
-        model_dir = export(cfg, final_dir, paths.model_export(cfg.output), lineage)
-    last = _last_metrics(paths.metrics_log(cfg.output))
-    summary = {"model": str(model_dir), "packed": str(packed), "steps": last.get("step"),
-               "loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_perplexity": last.get("val_perplexity"),
-               "tokens_per_second": last.get("tokens_per_second"), "mfu": last.get("mfu"),
-               "train_sequences": manifest["splits"]["train"]["sequences"],
-               "elapsed_seconds": round(time.time() - t0, 1)}
+    lineage = {"config_hash": config_hash(cfg), "packing_tag": manifest["tag"],
+               "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"]}
+    with job_run(cfg.tracking, "pretrain", cfg.output, to_dict(cfg), run_name=cfg.name, tags=lineage) as tracker:
+        _log_inputs(tracker, cfg, manifest, packed)
+        streamed = tracker.run_id is not None or cfg.trainer.launcher == "local"
+        if cfg.trainer.launcher == "local":
+            final = contextlib.nullcontext(local_worker(cfg, packed, tracker))
+        else:
+            final = ray_fit(cfg, packed, tracker.run_id).as_directory()
+        with final as final_dir:
+            model_dir = export(cfg, final_dir, paths.model_export(cfg.output),
+                               {**lineage, "checkpoint": str(final_dir), "config": to_dict(cfg)})
+        metrics_path = paths.metrics_log(cfg.output)
+        if not streamed:  # the workers had no run to log into: send their metrics now
+            for row in _metric_rows(metrics_path):
+                tracker.log_metrics(row, step=row["step"])
+        last = _last_metrics(metrics_path)
+        summary = {"model": str(model_dir), "packed": str(packed), "steps": last.get("step"),
+                   "loss": last.get("loss"), "val_loss": last.get("val_loss"),
+                   "val_perplexity": last.get("val_perplexity"),
+                   "tokens_per_second": last.get("tokens_per_second"), "mfu": last.get("mfu"),
+                   "train_sequences": manifest["splits"]["train"]["sequences"],
+                   "elapsed_seconds": round(time.time() - t0, 1)}
+        tracker.log_artifact(metrics_path)
+        summary.update(_register(cfg, model_dir, tracker, last))
+        tracker.log_dict(summary, "summary.json")
     (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def _log_inputs(tracker, cfg: PretrainConfig, manifest: dict[str, Any], packed: Path) -> None:
+    """The corpus, the tokenizer and the packed sequences, by digest, plus their small manifests."""
+    splits = manifest["splits"]
+    tracker.log_input_dataset("corpus", manifest["corpus_manifest_hash"], cfg.data.corpus,
+                              schema={"id": "string", "source": "string", "text": "string"},
+                              profile={"documents": manifest["documents_in"], "sources": sorted(manifest["sources"]),
+                                       "rejected": manifest["rejected"]})
+    tracker.log_input_dataset("tokenizer", manifest["tokenizer_hash"], cfg.data.tokenizer, context="tokenizer")
+    tracker.log_input_dataset("packed", manifest["tag"], str(packed), schema={"input_ids": "string"},
+                              profile={s: {"sequences": v["sequences"], "tokens": v["tokens"]} for s, v in splits.items()})
+    corpus_manifest = paths.corpus_manifest(cfg.data.corpus)
+    if corpus_manifest.is_file():
+        tracker.log_artifact(corpus_manifest, "inputs/corpus")
+    tracker.log_artifact(cfg.data.tokenizer, "inputs/tokenizer")
+    tracker.log_artifact(paths.packed_manifest(packed), "inputs/packed")
+
+
+def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any]) -> dict[str, Any]:
+    """Register the exported model as a new galeno-mlm version; a failure is reported, not raised."""
+    from galeno.registry import MLM_MODEL, register_model
+
+    if not (cfg.tracking.enabled and cfg.tracking.register):
+        return {}
+    metrics = {k: last[k] for k in ("val_loss", "val_perplexity", "val_accuracy") if last.get(k) is not None}
+    if not tracker.flush() or tracker.run_id is None:
+        log.warning("MLflow at %s does not answer: %s is not registered; register it later with "
+                    "galeno.registry.register_model(%r, %r)", tracker.cfg.tracking_uri, model_dir, str(model_dir),
+                    MLM_MODEL)
+        return {"registered_model": None}
+    try:
+        version = register_model(model_dir, MLM_MODEL, kind="fill-mask", metrics=metrics, run_id=tracker.run_id,
+                                 cfg=tracker.cfg)
+    except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
+        log.warning("registering %s as %s failed (%s: %s); the model stays in %s", model_dir, MLM_MODEL,
+                    type(err).__name__, err, model_dir)
+        return {"registered_model": None}
+    return {"registered_model": f"models:/{MLM_MODEL}/{version}", "mlflow_run_id": tracker.run_id}
+
+
 def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
-    """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are)."""
+    """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are),
+    registry URIs resolved to local folders and the tracking store's absolute URI."""
     def resolve(p: str) -> str:
         return p if not p or "://" in p else str(Path(p).resolve())
 
-    data = dataclasses.replace(cfg.data, corpus=resolve(cfg.data.corpus), tokenizer=resolve(cfg.data.tokenizer))
+    from galeno.registry import resolve_model
+    from galeno.tracking import resolved
+
+    tracking = resolved(cfg.tracking)
+    # a registered model's folder holds its tokenizer: models:/galeno-mlm@champion is a tokenizer too
+    tokenizer = resolve(resolve_model(cfg.data.tokenizer, tracking))
+    data = dataclasses.replace(cfg.data, corpus=resolve(cfg.data.corpus), tokenizer=tokenizer)
     trainer = dataclasses.replace(cfg.trainer, storage_path=resolve(cfg.trainer.storage_path))
-    return dataclasses.replace(cfg, output=resolve(cfg.output), data=data, trainer=trainer)
+    return dataclasses.replace(cfg, output=resolve(cfg.output), data=data, trainer=trainer, tracking=tracking)
+
+
+def _metric_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
     """Last evaluated step of metrics.jsonl (the final step always evaluates)."""
     last: dict[str, Any] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if "val_loss" in row:
-                last = row
+    for row in _metric_rows(path):
+        if "val_loss" in row:
+            last = row
     return last
