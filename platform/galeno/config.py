@@ -289,11 +289,12 @@ def set_field(dotted: str) -> Callable[[dict[str, Any], list[str]], None]:
 
 def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None,
               description: str = "", flags: Sequence[Flag] = ()) -> T:
-    """``--config FILE``, the job's shorthand flags, then trailing ``key.path=value`` overrides."""
+    """``--config FILE`` (repeatable), the job's shorthand flags, then trailing ``key.path=value`` overrides."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config fields (override any with key.path=value):\n" + help_text(cls))
-    parser.add_argument("--config", metavar="FILE", help="YAML preset layered over the defaults")
+    parser.add_argument("--config", metavar="FILE", action="append",
+                        help="YAML preset layered over the defaults (repeatable: later files layer over earlier ones)")
     for flag in flags:
         parser.add_argument(flag.name, metavar=flag.metavar, help=flag.help,
                             action="append" if flag.repeat else "store")
@@ -301,8 +302,8 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | No
                         help="dotted overrides applied last")
     args = parser.parse_args(argv)
     extra: dict[str, Any] = {}
-    if args.config:
-        extra = load_yaml(args.config)
+    for path in args.config or ():
+        _merge(extra, load_yaml(path))
     for flag in flags:
         value = getattr(args, flag.name.lstrip("-").replace("-", "_"))
         if value is not None:

@@ -188,14 +188,16 @@ def lineage_tags(lineage: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict
 
 def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
                    metrics: Mapping[str, Any] | None = None, lineage: Mapping[str, Any] | None = None,
-                   run_id: str | None = None, cfg: TrackingConfig | None = None) -> str:
+                   run_id: str | None = None, cfg: TrackingConfig | None = None, step: int = 0) -> str:
     """Log ``model_dir`` (an exported Hugging Face directory) as an MLflow model and register it as a
     new version of ``name``; returns the version.
 
     The weights are copied into the logged model (``artifacts/<folder name>``), not referenced. ``lineage`` is
     merged over the directory's ``galeno.json``; with ``metrics`` it becomes the version's tags
     (:func:`lineage_tags`) — ``base_model_version`` is how an NER model names the MLM version it
-    was fine-tuned from. The model is logged in run ``run_id`` (the training run), or a new run.
+    was fine-tuned from. The model is logged in run ``run_id`` (the training run), or a new run;
+    the metrics go on that run and the model at ``step`` (the training step they were measured
+    at, so they sit on the run's curves where they belong).
     Sets the process's MLflow tracking and registry URI to ``cfg``'s, as ``mlflow.pyfunc.log_model``
     reads them from there.
     """
@@ -237,7 +239,7 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
                 pip_requirements=_requirements(), registered_model_name=name, tags=tags)
             if metrics:
                 mlflow.log_metrics({k: as_float(v) for k, v in metrics.items() if as_float(v) is not None},
-                                   model_id=info.model_id)
+                                   step=step, model_id=info.model_id)
             ok = True
         finally:
             mlflow.end_run(status=previous or ("FINISHED" if ok else "FAILED"))

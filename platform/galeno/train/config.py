@@ -127,6 +127,8 @@ class TrainerConfig:
     """Ray Train storage shared by all nodes (local dir, s3://, NFS); default: <output>/ray."""
     peak_tflops: float = 0.0
     """Peak TFLOP/s per device for MFU; 0: from the GPU model, or a matmul probe on CPU."""
+    early_stopping_patience: int = 0
+    """Stop when the task's target (val_loss, dev_f1) has not improved for this many evaluations (0: off)."""
     kill_at_step: int = 0
     """Fault drill: rank 1 (or 0 alone) kills its own process once at this step (0: off); proves resume."""
 
@@ -137,6 +139,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.launcher must be one of {LAUNCHERS}")
         if not 0 <= self.zero_stage <= 3:
             raise ValueError("trainer.zero_stage must be 0-3")
+        if self.early_stopping_patience < 0:
+            raise ValueError("trainer.early_stopping_patience must be >= 0")
         if min(self.max_steps, self.global_batch, self.micro_batch, self.num_workers) < 1 or self.cpus_per_worker <= 0:
             raise ValueError("trainer steps, batches and workers must be >= 1, cpus_per_worker > 0")
         self.grad_accum(self.num_workers)  # fail at load time, not on the cluster

@@ -7,9 +7,11 @@ process with world size 1 (``LocalReporter``), which is how GPU throughput is me
 single-GPU box without Ray.
 
 A task provides ``build_model``, ``collate(raw_batch, generator)``, ``tokens(batch)``,
-``step_loss(outputs)``, ``eval_sums(outputs)`` (summing the keys in ``eval_keys``),
-``eval_summary(sums)``, ``flops_per_token``
-and ``export``; see ``galeno.train.mlm.MLMTask``.
+``step_loss(outputs)``, ``eval_sums(outputs, raw_batch)`` (summing the keys in ``eval_keys``),
+``eval_summary(sums)``, ``target`` (the metric that picks the best step, and whether higher is
+better), ``flops_per_token`` and ``export``; optionally ``save_best(module, directory)``,
+called on rank 0 each time the target improves when the loop is given a ``best_dir``. See
+``galeno.train.mlm.MLMTask`` and ``galeno.ner.task.NERTask``.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def evaluate(task, engine, batches: Iterable[dict[str, Any]], device: torch.devi
             if max_batches and i >= max_batches:
                 break
             outputs = engine.eval_forward(**_to(task.collate(raw, generator), device))
-            for k, v in task.eval_sums(outputs).items():
+            for k, v in task.eval_sums(outputs, raw).items():
                 sums[k] = sums.get(k, 0.0) + v
     engine.train(True)
     keys = list(task.eval_keys)  # fixed on every rank, even one with no validation batch
@@ -163,11 +165,14 @@ def evaluate(task, engine, batches: Iterable[dict[str, Any]], device: torch.devi
 def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Callable[[], Iterable[dict[str, Any]]],
         trainer: TrainerConfig, reporter, state: RunState, device: torch.device, *,
         rank: int = 0, world_size: int = 1, metrics_path: Optional[Path] = None,
-        peak_tflops: float = 0.0, tracker=None) -> RunState:
-    """Step until ``trainer.max_steps``; evaluate, report and checkpoint on the configured cadence.
+        peak_tflops: float = 0.0, tracker=None, best_dir: Optional[str | Path] = None) -> RunState:
+    """Step until ``trainer.max_steps``, or until the target stopped improving for
+    ``trainer.early_stopping_patience`` evaluations; evaluate, report and checkpoint on the
+    configured cadence.
 
     Rank 0 writes every step's metrics to ``metrics_path`` and to ``tracker`` (a
-    ``galeno.tracking.RunLogger``, or None), which buffers them and never blocks the step.
+    ``galeno.tracking.RunLogger``, or None), which buffers them and never blocks the step, and
+    saves the model to ``best_dir`` (``task.save_best``) whenever the target improves.
     """
     flops_per_token = task.flops_per_token(engine.module)
     target, higher_better = task.target
@@ -208,7 +213,16 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
                 value = metrics.get(target)
                 if value is not None and (state.best is None or (value > state.best if higher_better else value < state.best)):
                     state.best, state.best_step = value, state.step
+                    if best_dir and rank == 0:
+                        _save_best(task, engine.module, Path(best_dir), state.step)
                 metrics.update({f"best_{target}": state.best, "best_step": state.best_step})
+                # every rank has the same all-reduced metrics, so every rank stops at the same step
+                patience = trainer.early_stopping_patience * (trainer.eval_every or trainer.max_steps)
+                if patience and state.step - state.best_step >= patience and not last:
+                    log.info("early stop at step %d: %s has not improved since step %d", state.step, target,
+                             state.best_step)
+                    metrics["early_stopped"] = 1
+                    last = True
             if sink:
                 sink.write(json.dumps(metrics) + "\n")
                 sink.flush()
@@ -225,10 +239,26 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", state.step, trainer.max_steps,
                          metrics["loss"], metrics["lr"], tps,
                          f" {target} {metrics[target]:.4f}" if target in metrics else "")
+            if last:
+                break
     finally:
         if sink:
             sink.close()
     return state
+
+
+def _save_best(task, module: torch.nn.Module, directory: Path, step: int) -> None:
+    """The model as it is now, written beside and then swapped in, so ``directory`` is always whole."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    task.save_best(module, str(tmp))
+    (tmp / "best_step.txt").write_text(f"{step}\n")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _maybe_kill(trainer: TrainerConfig, state: RunState, rank: int, world_size: int) -> None:
@@ -245,10 +275,11 @@ def _maybe_kill(trainer: TrainerConfig, state: RunState, rank: int, world_size: 
 
 
 def run_worker(task, trainer: TrainerConfig, optim: OptimConfig, *, train_epoch: Callable[[int], Iterable],
-               val_batches: Callable[[], Iterable], reporter, output: str | Path, tracker=None) -> RunState:
+               val_batches: Callable[[], Iterable], reporter, output: str | Path, tracker=None,
+               best_dir: Optional[str | Path] = None) -> RunState:
     """Per-worker setup → restore → fit. Called by Ray Train on each worker, or directly (world size 1).
 
-    ``tracker`` receives rank 0's metrics (pass it on rank 0 only)."""
+    ``tracker`` receives rank 0's metrics (pass it on rank 0 only); see :func:`fit` for ``best_dir``."""
     from galeno.train.engine import build_engine, device_for, init_distributed_if_needed, peak_tflops, world
 
     init_distributed_if_needed()
@@ -271,4 +302,4 @@ def run_worker(task, trainer: TrainerConfig, optim: OptimConfig, *, train_epoch:
                  precision, engine.grad_accum, peak)
     return fit(task, engine, cycle_epochs(train_epoch, state), val_batches, trainer, reporter, state, device,
                rank=rank, world_size=world_size, metrics_path=paths.metrics_log(output), peak_tflops=peak,
-               tracker=tracker if rank == 0 else None)
+               tracker=tracker if rank == 0 else None, best_dir=best_dir)

@@ -126,7 +126,7 @@ class MLMTask:
         n = n.clamp(min=1)
         return loss_sum / n, {}
 
-    def eval_sums(self, outputs) -> dict[str, float]:
+    def eval_sums(self, outputs, raw: dict[str, Any]) -> dict[str, float]:
         loss_sum, n, correct = outputs
         return {"loss_sum": float(loss_sum), "n": float(n), "correct": float(correct)}
 

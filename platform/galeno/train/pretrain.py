@@ -226,7 +226,7 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
         return {"registered_model": None}
     try:
         version = register_model(model_dir, MLM_MODEL, kind="fill-mask", metrics=metrics, run_id=tracker.run_id,
-                                 cfg=tracker.cfg)
+                                 cfg=tracker.cfg, step=int(last.get("step") or 0))
     except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
         log.warning("registering %s as %s failed (%s: %s); the model stays in %s", model_dir, MLM_MODEL,
                     type(err).__name__, err, model_dir)

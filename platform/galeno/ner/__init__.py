@@ -1,0 +1,1 @@
+"""Named-entity recognition: data readers, BIO tagging, subword alignment and entity metrics."""

@@ -1,0 +1,92 @@
+"""Command lines of ``jobs/finetune_ner.py`` and ``jobs/evaluate_ner.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from galeno.config import Flag, parse_cli, set_field
+from galeno.ner.config import NERConfig
+
+FINETUNE_USAGE = """Fine-tune a pretrained encoder for NER (token classification, BIO tags) on the shared loop.
+
+examples:
+  python jobs/finetune_ner.py --config configs/ner/pharmaconer.yaml --model artifacts/pretrain/tiny-cpu/model
+  python jobs/finetune_ner.py --config configs/ner/pharmaconer.yaml --config configs/ner/best.yaml \\
+      --model models:/galeno-mlm@champion seeds=[1,2,3]
+  ray job submit --working-dir . --runtime-env configs/ray/runtime-env.yaml -- \\
+      python jobs/finetune_ner.py --config configs/ner/meddocan.yaml --model models:/galeno-mlm@champion
+Several --config files are layered in order (a task preset, then a recipe).
+"""
+
+FLAGS = (
+    Flag("--model", "pretrained model: a Hugging Face directory or models:/NAME@alias", set_field("model"), "PATH_OR_URI"),
+    Flag("--output", "run folder", set_field("output"), "DIR"),
+)
+
+
+def finetune_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from galeno.ner.finetune import run
+    from galeno.runtime import setup_logging
+
+    setup_logging()
+    cfg = parse_cli(NERConfig, argv, prog="finetune_ner.py", description=FINETUNE_USAGE, flags=FLAGS)
+    results = run(cfg)
+    print(json.dumps({k: v for k, v in results.items() if k != "seeds"} | {"seeds": results["seeds"]}, indent=2))
+    return results
+
+
+EVALUATE_USAGE = """Score a token-classification model on annotated data: entity-level micro P/R/F1 in seqeval's
+default (conlleval) and strict IOB2 modes, per entity type, and for brat / i2b2 XML data exact
+character-span P/R/F1. Prints one JSON object.
+
+examples:
+  python jobs/evaluate_ner.py --model artifacts/ner/pharmaconer/seed-42/best --data ../shared/data/pharmaconer/dev.conll
+  python jobs/evaluate_ner.py --model models:/galeno-ner-meddocan@champion \\
+      --data '../shared/data/meddocan/dev/brat' --format brat --write-brat predictions/
+"""
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from galeno.ner.data import read_ner
+    from galeno.ner.evaluate import evaluate, write_predictions_brat, write_predictions_table
+    from galeno.registry import resolve_model
+    from galeno.runtime import setup_logging
+    from galeno.tracking import TrackingConfig
+
+    parser = argparse.ArgumentParser(prog="evaluate_ner.py", description=EVALUATE_USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, metavar="PATH_OR_URI", help="model directory or models:/ URI")
+    parser.add_argument("--data", required=True, metavar="FILE_OR_DIR", help="CoNLL file, brat folder/glob, i2b2 XML")
+    parser.add_argument("--format", choices=("conll", "brat", "i2b2xml"), help="default: from the file names")
+    parser.add_argument("--max-length", type=int, default=512, help="sub-tokens per window (default 512)")
+    parser.add_argument("--stride", type=int, default=32, help="words shared by consecutive windows (default 32)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--write-brat", metavar="DIR", help="write predictions as brat .txt/.ann files")
+    parser.add_argument("--write-table", metavar="FILE", help="write token TAB gold TAB predicted")
+    parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
+    args = parser.parse_args(argv)
+    setup_logging("WARNING")
+    from galeno.ner.data import _detect
+
+    fmt = args.format or _detect(args.data)
+    try:
+        docs, stats = read_ner(args.data, fmt)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    if not any(d.sentences for d in docs):
+        parser.error(f"no sentences in {args.data}")
+    model_dir = resolve_model(args.model, TrackingConfig(tracking_uri=args.tracking_uri))
+    result, predicted = evaluate(model_dir, docs, fmt, max_length=args.max_length, stride=args.stride,
+                                 batch_size=args.batch_size, device=args.device)
+    result["data"] = {"path": args.data, "format": fmt, **stats}
+    if args.write_brat:
+        result["brat_files"] = write_predictions_brat(docs, predicted, args.write_brat)
+    if args.write_table:
+        write_predictions_table(docs, predicted, args.write_table)
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return result

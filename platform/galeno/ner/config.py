@@ -1,0 +1,94 @@
+"""Config of NER fine-tuning (``jobs/finetune_ner.py``): data, recipe, and the shared loop's groups.
+
+The defaults are the ``reproduce`` recipe — the published fine-tuning of bsc-bio-ehr-es
+(AdamW, learning rate 5e-5, no warmup, no weight decay, batch 16, 10 epochs, sequences of up to
+512 tokens, the label on the first sub-token, the best epoch by dev F1, one seed).
+``configs/ner/best.yaml`` layers the ``best`` recipe over a task preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from galeno.runtime import RayConfig
+from galeno.tracking import TrackingConfig
+from galeno.train.config import OptimConfig, TrainerConfig
+
+INITS = ("pretrained", "random")
+
+
+def _reproduce_optim() -> OptimConfig:
+    return OptimConfig(lr=5e-5, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, warmup_steps=0, schedule="linear")
+
+
+def _reproduce_trainer() -> TrainerConfig:
+    return TrainerConfig(max_steps=1, global_batch=16, micro_batch=16, deepspeed=False, log_every=10,
+                         eval_every=0, eval_batches=0, checkpoint_every=0, keep_checkpoints=1)
+
+
+@dataclass
+class NERDataConfig:
+    """Where the annotated text is and how sentences become model inputs."""
+
+    train: str = "../shared/data/pharmaconer/train.conll"
+    """Training data: a CoNLL file, a brat folder or glob (NAME.txt + NAME.ann), or i2b2 XML files."""
+    dev: str = "../shared/data/pharmaconer/dev.conll"
+    """Dev data, same formats: model selection and the reported scores (there is no test split)."""
+    format: str = ""
+    """conll, brat or i2b2xml; empty: from the file extensions."""
+    max_length: int = 512
+    """Sub-tokens per model input, special tokens included; longer sentences are split into overlapping windows."""
+    stride: int = 32
+    """Words shared by consecutive windows of a long sentence."""
+    train_sentences: int = 0
+    """Use only the first N training sentences (0: all): a stated slice for slow machines."""
+    group_by_length: bool = False
+    """Batch windows of similar length together (less padding); the batch order stays random."""
+
+    def __post_init__(self) -> None:
+        if self.format not in ("", "conll", "brat", "i2b2xml"):
+            raise ValueError("data.format must be conll, brat, i2b2xml or empty")
+        if self.max_length < 8 or self.stride < 0 or self.train_sentences < 0:
+            raise ValueError("data.max_length must be >= 8, stride and train_sentences >= 0")
+
+
+@dataclass
+class NERConfig:
+    """Fine-tune a pretrained encoder for NER (token classification, linear head, BIO tags)."""
+
+    task: str = "pharmaconer"
+    """Task name: names the run and the registered model (galeno-ner-<task>)."""
+    model: str = "artifacts/pretrain/tiny-cpu/model"
+    """Pretrained encoder: a Hugging Face directory or a registry URI (models:/galeno-mlm@champion)."""
+    init: str = "pretrained"
+    """pretrained: the model's weights; random: its architecture, freshly initialised (the no-pretraining baseline)."""
+    output: str = "artifacts/ner/pharmaconer"
+    """Run folder: encoded data, one folder per seed (checkpoints, best model, dev predictions), results.json."""
+    seeds: list[int] = field(default_factory=lambda: [42])
+    """One fine-tuning per seed; the scores are reported as mean ± std and the best dev seed is registered."""
+    epochs: float = 10.0
+    """Passes over the training windows (a fraction is allowed); evaluation and checkpoint every eval_per_epoch."""
+    eval_per_epoch: int = 1
+    """Dev evaluations per epoch (the best one is kept)."""
+    warmup_fraction: float = 0.0
+    """Share of the optimizer steps spent warming up the learning rate (sets optim.warmup_steps)."""
+    data: NERDataConfig = field(default_factory=NERDataConfig)
+    """Annotated data and input encoding."""
+    optim: OptimConfig = field(default_factory=_reproduce_optim)
+    """Optimizer and schedule (warmup_steps is derived from warmup_fraction)."""
+    trainer: TrainerConfig = field(default_factory=_reproduce_trainer)
+    """Batches, workers, engine; max_steps, eval_every and checkpoint_every are derived from epochs."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray cluster to join or start."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow run of each seed and registration of the best seed's model as galeno-ner-<task>."""
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}")
+        if not self.seeds or self.epochs <= 0 or self.eval_per_epoch < 1:
+            raise ValueError("seeds must be non-empty, epochs > 0 and eval_per_epoch >= 1")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError("warmup_fraction must be in [0, 1)")
+        if not self.task or "/" in self.task:
+            raise ValueError("task must be non-empty and contain no '/'")

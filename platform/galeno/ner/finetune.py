@@ -1,0 +1,283 @@
+"""NER fine-tuning job: encode the data, fine-tune once per seed on the shared loop, score, register.
+
+setup (``run``, the driver) → worker (``ner_worker`` under Ray Train, or ``local_worker``) →
+loop (``galeno.train.loop.fit`` with :class:`galeno.ner.task.NERTask`). Each seed has its own
+folder and MLflow run; rank 0 keeps the best dev-F1 model in ``seed-N/best`` as training goes
+(the ``reproduce`` recipe's "best epoch"), the driver scores it on dev with the evaluation
+code of ``jobs/evaluate_ner.py``, and the best seed's model is registered as
+``galeno-ner-<task>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from galeno.config import config_hash, from_dict, to_dict
+from galeno.ner.config import NERConfig
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- data
+def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
+    """Read train and dev, build the label map, encode both into windows; returns the data manifest."""
+    from galeno.hashing import file_hash
+    from galeno.ner.align import label_map, window_stats
+    from galeno.ner.data import read_ner
+    from galeno.ner.task import encode_rows, load_tokenizer, write_rows
+
+    fmt = cfg.data.format or None
+    train_docs, train_stats = read_ner(cfg.data.train, fmt)
+    dev_docs, dev_stats = read_ner(cfg.data.dev, fmt)
+    train = [s for d in train_docs for s in d.sentences]
+    if cfg.data.train_sentences:
+        train = train[:cfg.data.train_sentences]
+    dev = [s for d in dev_docs for s in d.sentences]
+    if not train or not dev:
+        raise ValueError(f"no sentences in {cfg.data.train if not train else cfg.data.dev}")
+    labels = label_map([s.tags for s in train] + [s.tags for s in dev])
+    dev_only = sorted({t[2:] for s in dev for t in s.tags if t != "O"} - {t[2:] for s in train for t in s.tags if t != "O"})
+    if dev_only:
+        log.warning("entity types in dev but not in train (never learned): %s", dev_only)
+    label2id = {t: i for i, t in enumerate(labels)}
+    tokenizer = load_tokenizer(model_dir)
+    rows = {"train": encode_rows(tokenizer, train, label2id, cfg.data.max_length, cfg.data.stride),
+            "dev": encode_rows(tokenizer, dev, label2id, cfg.data.max_length, cfg.data.stride)}
+    files = {split: str(write_rows(r, out / "data" / f"{split}.parquet")) for split, r in rows.items()}
+    manifest = {"labels": labels, "files": files, "train_stats": train_stats, "dev_stats": dev_stats,
+                "train_sentences": len(train), "dev_sentences": len(dev), "dev_only_types": dev_only,
+                "windows": {split: window_stats(_as_windows(r)) for split, r in rows.items()},
+                "digests": {split: file_hash(path, 16) for split, path in files.items()}}
+    (out / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    log.info("NER data: %d train / %d dev sentences, %d / %d windows, %d labels", len(train), len(dev),
+             len(rows["train"]), len(rows["dev"]), len(labels))
+    return {**manifest, "dev_docs": dev_docs}
+
+
+def _as_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"sentence": r["sentence"], "truncated": False} for r in rows]
+
+
+def derive(cfg: NERConfig, train_windows: int) -> NERConfig:
+    """Steps from epochs: max_steps, evaluation/checkpoint cadence and warmup steps."""
+    from galeno.ner.task import steps_per_epoch, total_steps
+
+    per_epoch = steps_per_epoch(train_windows, cfg.trainer.global_batch)
+    steps = total_steps(train_windows, cfg.trainer.global_batch, cfg.epochs)
+    every = max(1, per_epoch // cfg.eval_per_epoch)
+    trainer = dataclasses.replace(cfg.trainer, max_steps=steps, eval_every=every, checkpoint_every=every)
+    optim = dataclasses.replace(cfg.optim, warmup_steps=round(cfg.warmup_fraction * steps))
+    return dataclasses.replace(cfg, trainer=trainer, optim=optim)
+
+
+# --------------------------------------------------------------------------- workers
+def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None:
+    from galeno.ner.task import NERTask, eval_batches, train_batches
+    from galeno.train.engine import world
+    from galeno.train.loop import run_worker
+
+    task = NERTask(job["model_dir"], job["labels"], init=cfg.init, seed=job["seed"])
+    micro = cfg.trainer.micro_batch
+
+    def train_epoch(epoch: int):
+        rank, _, world_size = world()
+        return train_batches(job["files"]["train"], micro, rank=rank, world_size=world_size, seed=job["seed"],
+                             epoch=epoch, group_by_length=cfg.data.group_by_length)
+
+    def val_batches():
+        rank, _, world_size = world()
+        return eval_batches(job["files"]["dev"], micro, rank=rank, world_size=world_size)
+
+    trainer = dataclasses.replace(cfg.trainer, seed=job["seed"])
+    run_worker(task, trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches, reporter=reporter,
+               output=job["seed_dir"], tracker=tracker, best_dir=Path(job["seed_dir"]) / "best")
+
+
+def ner_worker(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``."""
+    import ray.train
+
+    from galeno.train.loop import RayReporter
+
+    cfg = from_dict(NERConfig, config["cfg"])
+    job = config["job"]
+    tracker = None
+    if job.get("mlflow_run_id") and ray.train.get_context().get_world_rank() == 0:
+        from galeno.tracking import RunLogger
+
+        tracker = RunLogger(cfg.tracking).start(run_id=job["mlflow_run_id"])
+    try:
+        _worker_body(cfg, job, RayReporter(), tracker)
+    finally:
+        if tracker is not None:
+            tracker.end(status=None)
+
+
+def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
+    """World size 1 in this process, no Ray."""
+    from galeno.train.loop import LocalReporter
+
+    _worker_body(cfg, job, LocalReporter(job["seed_dir"], cfg.trainer.keep_checkpoints), tracker)
+
+
+def _ray_fit(cfg: NERConfig, job: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.trainer
+    storage = t.storage_path or str((Path(job["seed_dir"]) / "ray").resolve())
+    trainer = TorchTrainer(
+        ner_worker, train_loop_config={"cfg": to_dict(cfg), "job": job},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"ner-{cfg.task}-seed{job['seed']}", storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+# --------------------------------------------------------------------------- driver
+def run(cfg: NERConfig) -> dict[str, Any]:
+    """The whole job; returns (and writes to ``<output>/results.json``) per-seed and aggregate scores."""
+    from galeno.ner.evaluate import dump, score, summary, write_predictions_table
+    from galeno.registry import resolve_model
+    from galeno.tracking import job_run
+
+    t0 = time.time()
+    cfg = absolute_paths(cfg)
+    out = Path(cfg.output)
+    model_dir = str(Path(resolve_model(cfg.model, cfg.tracking)).resolve())
+    if not cfg.trainer.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    data = prepare(cfg, model_dir, out)
+    cfg = derive(cfg, data["windows"]["train"]["windows"])
+    if cfg.trainer.launcher == "ray":
+        from galeno.runtime import init_ray
+
+        init_ray(cfg.ray)
+    lineage = _lineage(cfg, model_dir, data)
+    seeds = []
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed-{seed}"
+        job = {"model_dir": model_dir, "labels": data["labels"], "files": data["files"], "seed": seed,
+               "seed_dir": str(seed_dir)}
+        with job_run(cfg.tracking, "finetune_ner", seed_dir, {**to_dict(cfg), "seed": seed},
+                     run_name=f"ner-{cfg.task}-seed{seed}", tags={**lineage, "galeno.seed": seed}) as tracker:
+            _log_inputs(tracker, cfg, data, model_dir)
+            job["mlflow_run_id"] = tracker.run_id
+            if cfg.trainer.launcher == "local":
+                local_worker(cfg, job, tracker)
+            else:
+                _ray_fit(cfg, job)
+            best = seed_dir / "best"
+            predicted = _predict(best, data["dev_docs"], cfg)
+            result = score(data["dev_docs"], predicted, _format(cfg))
+            result["best_step"] = int((best / "best_step.txt").read_text())
+            dump(result, seed_dir / "dev_metrics.json")
+            write_predictions_table(data["dev_docs"], predicted, seed_dir / "dev_predictions.tsv")
+            (best / "galeno.json").write_text(json.dumps({**lineage, "seed": seed}, indent=2))
+            headline = summary(result)
+            tracker.log_metrics({f"final_{k}": v for k, v in headline.items()})
+            tracker.log_artifact(seed_dir / "dev_metrics.json")
+            tracker.log_artifact(seed_dir / "dev_predictions.tsv")
+            seeds.append({"seed": seed, "run_id": tracker.run_id, "model": str(best), **headline,
+                          "best_step": result["best_step"]})
+    results = _aggregate(cfg, seeds, data, time.time() - t0)
+    results.update(_register(cfg, seeds, results, lineage))
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def _predict(model_dir: Path, docs, cfg: NERConfig) -> list[list[str]]:
+    import torch
+
+    from galeno.ner.evaluate import load_model
+    from galeno.ner.task import predict
+
+    model, tokenizer = load_model(str(model_dir))
+    device = torch.device("cuda" if cfg.trainer.use_gpu and torch.cuda.is_available() else "cpu")
+    sentences = [s for d in docs for s in d.sentences]
+    return predict(model, tokenizer, sentences, max_length=cfg.data.max_length, stride=cfg.data.stride,
+                   batch_size=max(cfg.trainer.micro_batch, 32), device=device)
+
+
+def _format(cfg: NERConfig) -> str:
+    from galeno.ner.data import _detect
+
+    return cfg.data.format or _detect(cfg.data.dev)
+
+
+def _aggregate(cfg: NERConfig, seeds: list[dict[str, Any]], data: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    f1 = [s["dev_f1"] for s in seeds]
+    best = max(seeds, key=lambda s: s["dev_f1"])
+    return {"task": cfg.task, "model": cfg.model, "init": cfg.init, "seeds": seeds,
+            "dev_f1_mean": statistics.fmean(f1), "dev_f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+            "dev_f1_strict_mean": statistics.fmean(s["dev_f1_strict"] for s in seeds),
+            "best_seed": best["seed"], "best_model": best["model"],
+            "train_sentences": data["train_sentences"], "dev_sentences": data["dev_sentences"],
+            "max_steps": cfg.trainer.max_steps, "elapsed_seconds": round(elapsed, 1)}
+
+
+def _lineage(cfg: NERConfig, model_dir: str, data: dict[str, Any]) -> dict[str, Any]:
+    lineage = {"config_hash": config_hash(cfg), "base_model": cfg.model, "init": cfg.init,
+               "train_data_hash": data["digests"]["train"], "dev_data_hash": data["digests"]["dev"]}
+    if cfg.model.startswith("models:/"):
+        from galeno.registry import read_lineage
+
+        version = Path(model_dir).parent.parent.name  # <cache>/NAME/VERSION/artifacts/model
+        lineage["base_model_version"] = f"{Path(model_dir).parent.parent.parent.name}/{version}"
+        lineage["tokenizer_hash"] = read_lineage(model_dir).get("tokenizer_hash", "")
+    return lineage
+
+
+def _log_inputs(tracker, cfg: NERConfig, data: dict[str, Any], model_dir: str) -> None:
+    for split in ("train", "dev"):
+        tracker.log_input_dataset(f"{cfg.task}-{split}", data["digests"][split], getattr(cfg.data, split),
+                                  context="training" if split == "train" else "evaluation",
+                                  profile={"sentences": data[f"{split}_sentences"], **data["windows"][split]})
+    tracker.log_artifact(Path(cfg.output) / "data" / "manifest.json", "inputs")
+    tracker.set_tags({"galeno.base_model_dir": model_dir})
+
+
+def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, Any],
+              lineage: dict[str, Any]) -> dict[str, Any]:
+    """Register the best seed's model as galeno-ner-<task>; a failure is reported, not raised."""
+    from galeno.registry import NER_MODEL_PREFIX, register_model
+    from galeno.tracking import resolved
+
+    if not (cfg.tracking.enabled and cfg.tracking.register):
+        return {}
+    best = next(s for s in seeds if s["seed"] == results["best_seed"])
+    name = NER_MODEL_PREFIX + cfg.task
+    metrics = {k: best[k] for k in ("dev_f1", "dev_precision", "dev_recall", "dev_f1_strict", "dev_span_f1") if k in best}
+    metrics.update({"dev_f1_mean": results["dev_f1_mean"], "dev_f1_std": results["dev_f1_std"]})
+    try:
+        version = register_model(best["model"], name, kind="ner", metrics=metrics, lineage=lineage,
+                                 run_id=best["run_id"], cfg=resolved(cfg.tracking), step=best["best_step"])
+    except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
+        log.warning("registering %s as %s failed (%s: %s)", best["model"], name, type(err).__name__, err)
+        return {"registered_model": None}
+    return {"registered_model": f"models:/{name}/{version}"}
+
+
+def absolute_paths(cfg: NERConfig) -> NERConfig:
+    """Absolute data, model and output paths (workers start elsewhere), absolute tracking URIs."""
+    from galeno.tracking import resolved
+
+    def resolve(p: str) -> str:
+        return p if not p or "://" in p or p.startswith("models:/") else str(Path(p).resolve())
+
+    data = dataclasses.replace(cfg.data, train=resolve(cfg.data.train), dev=resolve(cfg.data.dev))
+    return dataclasses.replace(cfg, model=resolve(cfg.model), output=resolve(cfg.output), data=data,
+                               tracking=resolved(cfg.tracking))

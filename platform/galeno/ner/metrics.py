@@ -1,0 +1,100 @@
+"""Entity-level NER metrics: micro precision/recall/F1 overall and per entity type.
+
+Two ways to read entities out of BIO tags, matching the two modes of seqeval
+(https://github.com/chakki-works/seqeval), which is not a dependency:
+
+* ``default`` follows conlleval (CoNLL-2000's scorer, and seqeval's default mode): an
+  ``I-X`` after ``O`` or after a tag of another type starts a new entity, so ill-formed
+  predictions still yield entities.
+* ``strict`` is seqeval's ``mode="strict", scheme=IOB2``: an entity starts only at ``B-X``
+  and runs over the ``I-X`` that follow; an ``I-`` without a matching ``B-`` belongs to no
+  entity.
+
+``I-X I-X O B-Y`` gives ``X[0,2) Y[3,4)`` by default but only ``Y[3,4)`` when strict;
+``B-X I-Y`` gives ``X[0,1) Y[1,2)`` by default but only ``X[0,1)`` when strict.
+
+:func:`span_scores` compares character spans instead (``doc_id, start, end, label``), the
+way MEDDOCAN and PharmaCoNER are officially scored on brat files. Every score is a plain
+dict: ``precision``, ``recall``, ``f1``, ``support`` (gold entities), ``predicted``,
+``correct``, and ``per_type`` with the same keys for each entity type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # data.py decodes predictions with bio_spans, so no import at run time
+    from galeno.ner.data import Entity
+
+MODES = ("default", "strict")
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    if tag[:2] in ("B-", "I-") and len(tag) > 2:
+        return tag[0], tag[2:]
+    raise ValueError(f"not a BIO tag: {tag!r} (expected O, B-TYPE or I-TYPE)")
+
+
+def bio_spans(tags: Sequence[str], mode: str = "default") -> list[tuple[str, int, int]]:
+    """Entities of one tag sequence as ``(type, first token, end token exclusive)``, in order."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    spans: list[tuple[str, int, int]] = []
+    start, label = -1, ""
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, kind = _split_tag(tag)
+        if start >= 0 and not (prefix == "I" and kind == label):
+            spans.append((label, start, i))
+            start = -1
+        if prefix == "B" or (prefix == "I" and start < 0 and mode == "default"):
+            start, label = i, kind
+    return spans
+
+
+def _prf(correct: int, predicted: int, support: int) -> dict[str, Any]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "support": support, "predicted": predicted, "correct": correct}
+
+
+def _score(gold: Iterable[tuple[str, Hashable]], pred: Iterable[tuple[str, Hashable]]) -> dict[str, Any]:
+    """Micro and per-type scores of ``(type, key)`` items; equal keys of the same type match."""
+    gold_counts, pred_counts = Counter(gold), Counter(pred)
+    hits = gold_counts & pred_counts
+    types = sorted({t for t, _ in gold_counts} | {t for t, _ in pred_counts})
+
+    def total(counts: Counter, kind: str | None = None) -> int:
+        return sum(n for (t, _), n in counts.items() if kind is None or t == kind)
+
+    scores = _prf(total(hits), total(pred_counts), total(gold_counts))
+    scores["per_type"] = {t: _prf(total(hits, t), total(pred_counts, t), total(gold_counts, t))
+                          for t in types}
+    return scores
+
+
+def _tagged_entities(sequences: Sequence[Sequence[str]], mode: str) -> list[tuple[str, Hashable]]:
+    return [(label, (n, start, end)) for n, tags in enumerate(sequences)
+            for label, start, end in bio_spans(tags, mode)]
+
+
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                  mode: str = "default") -> dict[str, Any]:
+    """Entity-level scores of predicted BIO tag sequences against gold ones (one per sentence)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    for n, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {n}: {len(g)} gold tags but {len(p)} predicted")
+    return _score(_tagged_entities(gold, mode), _tagged_entities(pred, mode))
+
+
+def span_scores(gold: Iterable[Entity], pred: Iterable[Entity]) -> dict[str, Any]:
+    """Exact character-span scores: an entity is right when doc, start, end and label all match."""
+    return _score(((e.label, (e.doc_id, e.start, e.end)) for e in gold),
+                  ((e.label, (e.doc_id, e.start, e.end)) for e in pred))

@@ -1,0 +1,272 @@
+"""NER as a task of the shared training loop (``galeno.train.loop.fit``), and prediction.
+
+Sentences are encoded once, on the driver, into windows (``galeno.ner.align``) stored as
+Parquet; every worker reads its share. A training batch is a set of windows padded to the
+longest one. Evaluation batches never split a sentence's windows, so each batch can stitch
+its sentences back, decode BIO tags and count entities: the counts (gold, predicted, correct,
+per type, in both seqeval modes) are sums, all-reduced over the ranks like the MLM's loss,
+and the loop's target is the dev entity-level micro F1 (seqeval default mode, what the
+published table used).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from galeno.ner.align import IGNORE, encode_sentences, stitch, word_predictions
+from galeno.ner.data import Sentence
+from galeno.ner.metrics import MODES, entity_scores
+
+log = logging.getLogger(__name__)
+
+#: Columns of the encoded windows (word ids -1 where the sub-token is special; word_labels: gold
+#: label id of each word of the window, so scoring does not depend on sub-token labels).
+WINDOW_COLUMNS = ("input_ids", "labels", "word_ids", "word_labels", "sentence", "word_start", "n_words", "length")
+
+
+def load_tokenizer(model_dir: str):
+    """The model's fast tokenizer, with ``add_prefix_space`` for byte-level BPE (RoBERTa) vocabularies."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    pre = type(tok.backend_tokenizer.pre_tokenizer).__name__ if getattr(tok, "is_fast", False) else ""
+    if "ByteLevel" in pre or "ByteLevel" in str(tok.backend_tokenizer.pre_tokenizer):
+        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, add_prefix_space=True)
+    return tok
+
+
+def encode_rows(tokenizer, sentences: Sequence[Sentence], label2id: dict[str, int], max_length: int,
+                stride: int) -> list[dict[str, Any]]:
+    """Windows of ``sentences`` as Parquet-ready rows (``WINDOW_COLUMNS``)."""
+    rows = []
+    for w in encode_sentences(tokenizer, sentences, label2id, max_length, stride):
+        tags = sentences[w["sentence"]].tags[w["word_start"]:w["word_start"] + w["n_words"]]
+        rows.append({"input_ids": list(w["input_ids"]), "labels": w["labels"],
+                     "word_ids": [-1 if i is None else i for i in w["word_ids"]],
+                     "word_labels": [label2id[t] for t in tags], "sentence": w["sentence"],
+                     "word_start": w["word_start"], "n_words": w["n_words"], "length": len(w["input_ids"])})
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _read(path: str | Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pydict()
+
+
+def _take(table: dict[str, list], idx: Sequence[int]) -> dict[str, list]:
+    return {k: [v[i] for i in idx] for k, v in table.items()}
+
+
+def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
+                  group_by_length: bool) -> Iterator[dict[str, list]]:
+    """One epoch of this rank's training windows; equal batch counts on every rank.
+
+    ``group_by_length``: windows are shuffled, cut into chunks of 50 batches, sorted by length
+    inside each chunk and batched, and the batches shuffled (the Hugging Face
+    ``group_by_length`` idea): far less padding, still a random order.
+    """
+    import numpy as np
+
+    table = _read(path)
+    rng = np.random.default_rng((seed, epoch))
+    order = rng.permutation(len(table["length"]))
+    per_rank = len(order) // world_size
+    order = order[rank * per_rank:(rank + 1) * per_rank]  # equal shares, or collectives hang
+    batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    if group_by_length:
+        chunk = batch_size * 50
+        regrouped = []
+        for c in range(0, len(batches) * batch_size, chunk):
+            part = sorted(order[c:min(c + chunk, len(batches) * batch_size)], key=lambda i: table["length"][i])
+            regrouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        batches = [regrouped[i] for i in rng.permutation(len(regrouped))]
+    for idx in batches:
+        yield _take(table, idx)
+
+
+def eval_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int) -> Iterator[dict[str, list]]:
+    """This rank's dev sentences (``sentence % world_size == rank``), all windows of a sentence in one batch."""
+    table = _read(path)
+    by_sentence: dict[int, list[int]] = {}
+    for i, n in enumerate(table["sentence"]):
+        if n % world_size == rank:
+            by_sentence.setdefault(n, []).append(i)
+    batch: list[int] = []
+    for windows in by_sentence.values():
+        if batch and len(batch) + len(windows) > batch_size:
+            yield _take(table, batch)
+            batch = []
+        batch += windows
+    if batch:
+        yield _take(table, batch)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def decode(raw: dict[str, list], token_predictions: Sequence[Sequence[int]], id2label: Sequence[str]
+           ) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tags of the sentences whose windows are all in ``raw``, in sentence order."""
+    windows = [{"word_ids": [None if i < 0 else i for i in raw["word_ids"][k]], "sentence": raw["sentence"][k],
+                "word_start": raw["word_start"][k], "n_words": raw["n_words"][k]} for k in range(len(raw["sentence"]))]
+    local = {n: j for j, n in enumerate(dict.fromkeys(w["sentence"] for w in windows))}
+    for w in windows:  # stitch wants sentences numbered 0..n-1
+        w["sentence"] = local[w["sentence"]]
+    predictions = [word_predictions(w, p) for w, p in zip(windows, token_predictions)]
+    pred = [[id2label[i] for i in s] for s in stitch(windows, predictions, default=0)]
+    gold = [["O"] * len(s) for s in pred]
+    for w, labels in zip(windows, raw["word_labels"]):
+        gold[w["sentence"]][w["word_start"]:w["word_start"] + w["n_words"]] = [id2label[i] for i in labels]
+    return gold, pred
+
+
+class NERTask:
+    """Token classification with a linear head on a pretrained encoder, for the shared loop."""
+
+    name = "ner"
+    target = ("dev_f1", True)
+
+    def __init__(self, model_dir: str, labels: Sequence[str], *, init: str = "pretrained", seed: int = 0):
+        self.model_dir = model_dir
+        self.labels = list(labels)
+        self.init = init
+        self.seed = seed
+        self.tokenizer = load_tokenizer(model_dir)
+        self.types = sorted({t[2:] for t in self.labels if t != "O"})
+        self.eval_keys = ("loss_sum", "n_labels") + tuple(
+            f"{mode}.{kind}.{what}" for mode in MODES for kind in ["ALL", *self.types]
+            for what in ("gold", "predicted", "correct"))
+
+    # -- model
+    def build_model(self) -> nn.Module:
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        torch.manual_seed(self.seed)  # the head (and a random init) is the same on every rank
+        id2label = dict(enumerate(self.labels))
+        label2id = {v: k for k, v in id2label.items()}
+        if self.init == "random":
+            config = AutoConfig.from_pretrained(self.model_dir, num_labels=len(self.labels), id2label=id2label,
+                                                label2id=label2id, local_files_only=True)
+            return AutoModelForTokenClassification.from_config(config)
+        return AutoModelForTokenClassification.from_pretrained(
+            self.model_dir, num_labels=len(self.labels), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, local_files_only=True)
+
+    def collate(self, raw: dict[str, list], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        ids = _pad(raw["input_ids"], self.tokenizer.pad_token_id)
+        lengths = torch.tensor([len(r) for r in raw["input_ids"]])
+        attention = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+        return {"input_ids": ids, "attention_mask": attention, "labels": _pad(raw["labels"], IGNORE)}
+
+    @staticmethod
+    def tokens(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def step_loss(self, outputs) -> tuple[torch.Tensor, dict[str, float]]:
+        return outputs.loss, {}
+
+    # -- evaluation
+    def eval_sums(self, outputs, raw: dict[str, list]) -> dict[str, float]:
+        logits = outputs.logits.float()
+        labels = _pad(raw["labels"], IGNORE).to(logits.device)
+        n = int((labels != IGNORE).sum())
+        sums = {"loss_sum": float(outputs.loss) * n, "n_labels": float(n)}
+        gold, pred = decode(raw, logits.argmax(-1).tolist(), self.labels)
+        for mode in MODES:
+            scores = entity_scores(gold, pred, mode)
+            for kind, s in [("ALL", scores), *scores["per_type"].items()]:
+                for what, key in (("gold", "support"), ("predicted", "predicted"), ("correct", "correct")):
+                    sums[f"{mode}.{kind}.{what}"] = sums.get(f"{mode}.{kind}.{what}", 0.0) + s[key]
+        return sums
+
+    def eval_summary(self, sums: dict[str, float]) -> dict[str, float]:
+        out = {"dev_loss": sums["loss_sum"] / max(sums["n_labels"], 1.0)}
+        for mode in MODES:
+            suffix = "" if mode == "default" else "_strict"
+            for kind in ["ALL", *self.types]:
+                p, r, f = _prf(sums[f"{mode}.{kind}.correct"], sums[f"{mode}.{kind}.predicted"],
+                               sums[f"{mode}.{kind}.gold"])
+                if kind == "ALL":
+                    out.update({f"dev_precision{suffix}": p, f"dev_recall{suffix}": r, f"dev_f1{suffix}": f})
+                elif mode == "default":
+                    out[f"dev_f1.{kind}"] = f
+        return out
+
+    def flops_per_token(self, model: nn.Module) -> float:
+        params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+        return 6.0 * params
+
+    # -- output
+    def export(self, model: nn.Module, out_dir: str) -> None:
+        """A Hugging Face token-classification directory (fp32 weights, label map, tokenizer)."""
+        state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+
+    save_best = export
+
+
+def _prf(correct: float, predicted: float, gold: float) -> tuple[float, float, float]:
+    p = correct / predicted if predicted else 0.0
+    r = correct / gold if gold else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer, sentences: Sequence[Sentence], *, max_length: int, stride: int,
+            batch_size: int = 32, device: torch.device | None = None) -> list[list[str]]:
+    """Predicted BIO tags for each sentence (long ones through the sliding window), on ``device``."""
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    label2id = {t: i for i, t in enumerate(labels)}
+    blank = [Sentence(s.doc_id, s.tokens, ["O"] * len(s.tokens), s.start, s.text) for s in sentences]
+    rows = encode_rows(tokenizer, blank, label2id, max_length, stride)
+    device = device or torch.device("cpu")
+    model.eval().to(device)
+    out: list[list[str]] = [[] for _ in sentences]
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])  # little padding
+    token_preds: list[list[int]] = [[] for _ in rows]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids = _pad([rows[i]["input_ids"] for i in idx], tokenizer.pad_token_id).to(device)
+        lengths = torch.tensor([rows[i]["length"] for i in idx], device=device)
+        attention = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
+        argmax = model(input_ids=ids, attention_mask=attention).logits.argmax(-1).tolist()
+        for i, p in zip(idx, argmax):
+            token_preds[i] = p
+    windows = [{"word_ids": [None if i < 0 else i for i in r["word_ids"]], "sentence": r["sentence"],
+                "word_start": r["word_start"], "n_words": r["n_words"]} for r in rows]
+    stitched = stitch(windows, [word_predictions(w, p) for w, p in zip(windows, token_preds)],
+                      default=label2id.get("O", 0))
+    for n, tags in enumerate(stitched):
+        out[n] = [labels[i] for i in tags]
+    missing = [n for n, s in enumerate(sentences) if len(out[n]) != len(s.tokens)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} sentences got no prediction (first: {missing[0]})")
+    return out
+
+
+def steps_per_epoch(windows: int, global_batch: int) -> int:
+    return max(1, windows // global_batch)
+
+
+def total_steps(windows: int, global_batch: int, epochs: float) -> int:
+    return max(1, math.ceil(steps_per_epoch(windows, global_batch) * epochs))

@@ -1,0 +1,100 @@
+"""The NER task's batching and evaluation sums, on real sample sentences and hand-made windows."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from galeno.ner.align import IGNORE, label_map  # noqa: E402
+from galeno.ner.metrics import entity_scores  # noqa: E402
+from galeno.ner.task import NERTask, decode, encode_rows, eval_batches, train_batches, write_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rows(sample_sentences, roberta_tokenizer):
+    """Windows of 120 sample sentences at a length that splits the longer ones."""
+    sentences = sample_sentences[:120]
+    labels = label_map(s.tags for s in sentences)
+    encoded = encode_rows(roberta_tokenizer, sentences, {t: i for i, t in enumerate(labels)}, max_length=24, stride=4)
+    assert len(encoded) > len(sentences)  # some sentences need several windows
+    return sentences, labels, encoded
+
+
+def test_eval_batches_keep_a_sentences_windows_together_and_cover_every_sentence(rows, tmp_path):
+    sentences, _, encoded = rows
+    path = write_rows(encoded, tmp_path / "dev.parquet")
+    seen = []
+    for rank in range(2):
+        for batch in eval_batches(path, 4, rank=rank, world_size=2):
+            assert {n % 2 for n in batch["sentence"]} == {rank}
+            for n in set(batch["sentence"]):  # whole sentences only
+                assert batch["sentence"].count(n) == sum(r["sentence"] == n for r in encoded)
+            seen += set(batch["sentence"])
+    assert sorted(seen) == list(range(len(sentences)))
+
+
+def test_train_batches_give_every_rank_the_same_count_and_group_by_length_cuts_padding(rows, tmp_path):
+    _, _, encoded = rows
+    path = write_rows(encoded, tmp_path / "train.parquet")
+    counts = [sum(1 for _ in train_batches(path, 8, rank=r, world_size=2, seed=0, epoch=0, group_by_length=False))
+              for r in range(2)]
+    assert counts[0] == counts[1] == len(encoded) // 2 // 8
+
+    def padding(group: bool) -> int:
+        return sum(max(b["length"]) * len(b["length"]) - sum(b["length"])
+                   for b in train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=0, group_by_length=group))
+
+    assert padding(True) < padding(False) / 2
+    firsts = [next(train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=e, group_by_length=True))["sentence"]
+              for e in range(2)]
+    assert firsts[0] != firsts[1]  # a new order every epoch
+
+
+def test_decode_stitches_a_sentence_split_over_two_windows():
+    labels = ["O", "B-X", "I-X"]
+    raw = {"word_ids": [[-1, 0, 1, 2, -1], [-1, 1, 2, 3, -1]], "sentence": [7, 7], "word_start": [0, 1],
+           "n_words": [3, 3], "word_labels": [[1, 2, 0], [2, 0, 1]]}
+    # word 1: I-X from the first window (one word from its cut edge), O from the second (at its cut edge);
+    # word 2: O from the first window (at its cut edge), I-X from the second (one word inside)
+    preds = [[0, 1, 2, 0, 0], [0, 0, 2, 1, 0]]
+    gold, pred = decode(raw, preds, labels)
+    assert gold == [["B-X", "I-X", "O", "B-X"]]
+    assert pred == [["B-X", "I-X", "I-X", "B-X"]]
+
+
+def test_eval_sums_add_up_to_the_entity_scores(rows, roberta_dir, tmp_path):
+    """Counts summed over batches (as the loop all-reduces them) give the same F1 as scoring all at once."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    sentences, labels, encoded = rows
+    model_dir = tmp_path / "model"
+    RobertaForMaskedLM(RobertaConfig(vocab_size=600, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=40)).save_pretrained(model_dir)
+    for f in roberta_dir.iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    task = NERTask(str(model_dir), labels, init="random", seed=0)
+    path = write_rows(encoded, tmp_path / "dev.parquet")
+    generator = torch.Generator().manual_seed(0)
+    sums: dict[str, float] = {}
+    gold_all, pred_all = [], []
+    for raw in eval_batches(path, 6, rank=0, world_size=1):
+        batch = task.collate(raw)
+        logits = torch.randn(*batch["input_ids"].shape, len(labels), generator=generator)
+        outputs = types.SimpleNamespace(logits=logits, loss=torch.tensor(0.5))
+        for k, v in task.eval_sums(outputs, raw).items():
+            sums[k] = sums.get(k, 0.0) + v
+        gold, pred = decode(raw, logits.argmax(-1).tolist(), labels)
+        gold_all += gold
+        pred_all += pred
+    assert set(sums) == set(task.eval_keys)
+    summary = task.eval_summary(sums)
+    for mode, suffix in (("default", ""), ("strict", "_strict")):
+        expected = entity_scores(gold_all, pred_all, mode)
+        assert summary[f"dev_f1{suffix}"] == pytest.approx(expected["f1"])
+        assert sums[f"{mode}.ALL.gold"] == expected["support"] > 0
+    assert [g for g in gold_all] == [s.tags for s in sentences]
+    assert summary["dev_loss"] == pytest.approx(0.5)
+    assert all(label == IGNORE or 0 <= label < len(labels) for r in encoded for label in r["labels"])
