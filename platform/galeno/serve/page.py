@@ -1,0 +1,102 @@
+"""The try-it page at ``GET /``: one self-contained HTML document (inline CSS and JS, no external assets).
+
+Entities are highlighted by slicing the input with the API's offsets. Those count code points,
+so the script slices ``Array.from(text)`` rather than the UTF-16 string.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+FILL_MASK_EXAMPLE = "El único antecedente personal a reseñar era la <mask> arterial."
+NER_EXAMPLE = ("Mujer de 45 años con antecedentes de hipertensión arterial en tratamiento con enalapril "
+               "20 mg/día. Se detectó sobreexpresión de la proteína p53 en la biopsia hepática, y se inició "
+               "tratamiento con cisplatino.")
+
+_PAGE = """<!doctype html>
+<html lang="es">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Galeno: fill-mask y NER</title>
+<style>
+ body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+ textarea { width: 100%; font: inherit; padding: .5rem; box-sizing: border-box; }
+ button { margin: .5rem .5rem .5rem 0; padding: .4rem 1rem; }
+ table { border-collapse: collapse; margin-top: .5rem; } td, th { padding: .2rem .6rem; border-bottom: 1px solid #ddd; text-align: left; }
+ .out { white-space: pre-wrap; line-height: 1.9; border: 1px solid #ddd; padding: .6rem; min-height: 2rem; }
+ mark { padding: .1rem .2rem; border-radius: .2rem; background: #ffe08a; }
+ mark small { font-size: .7em; margin-left: .2rem; color: #444; }
+ .err { color: #a00; } .meta { color: #666; font-size: .85rem; }
+</style>
+</head>
+<body>
+<h1>Galeno: modelos biomédicos-clínicos en español</h1>
+<p class="meta">Nada de lo que escriba aquí se guarda ni se registra. API: <a href="__BASE__/docs">/docs</a>,
+<a href="__BASE__/models">/models</a>.</p>
+
+<h2>Fill-mask</h2>
+<textarea id="fm-text" rows="3">__FILL_MASK__</textarea>
+<label>top_k <input id="fm-k" type="number" value="5" min="1" max="50"></label>
+<button id="fm-go">Completar</button>
+<div id="fm-out"></div>
+
+<h2>Entidades (NER)</h2>
+<textarea id="ner-text" rows="5">__NER__</textarea>
+<label>agregación <select id="ner-agg"><option>simple</option><option>first</option><option>average</option><option>max</option></select></label>
+<button id="ner-go">Reconocer</button>
+<div id="ner-out" class="out"></div>
+<p id="ner-model" class="meta"></p>
+
+<script>
+const BASE = __BASE_JSON__;
+function esc(s) { return s.replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
+async function post(path, body) {
+  const r = await fetch(BASE + path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const data = await r.json().catch(() => ({error: "http_" + r.status, message: r.statusText}));
+  if (!r.ok) throw new Error((data.error || r.status) + ": " + (data.message || ""));
+  return data;
+}
+function model(m) { return m ? "modelo: " + esc(m.name ? m.name + " v" + m.version : m.uri) : ""; }
+document.getElementById("fm-go").onclick = async () => {
+  const out = document.getElementById("fm-out");
+  out.textContent = "…";
+  try {
+    const d = await post("/fill-mask", {text: document.getElementById("fm-text").value,
+                                        top_k: parseInt(document.getElementById("fm-k").value, 10)});
+    out.innerHTML = "<table><tr><th>token</th><th>score</th><th>secuencia</th></tr>" +
+      d.candidates.map(c => "<tr><td><b>" + esc(c.token) + "</b></td><td>" + c.score.toFixed(4) +
+                            "</td><td>" + esc(c.sequence) + "</td></tr>").join("") +
+      "</table><p class='meta'>" + model(d.model) + "</p>";
+  } catch (e) { out.innerHTML = "<p class='err'>" + esc(e.message) + "</p>"; }
+};
+document.getElementById("ner-go").onclick = async () => {
+  const out = document.getElementById("ner-out"), meta = document.getElementById("ner-model");
+  const text = document.getElementById("ner-text").value;
+  out.textContent = "…"; meta.textContent = "";
+  try {
+    const d = await post("/ner", {text: text, aggregation_strategy: document.getElementById("ner-agg").value});
+    const cps = Array.from(text);  // offsets count code points
+    let html = "", at = 0;
+    for (const e of d.entities) {
+      html += esc(cps.slice(at, e.start).join("")) + "<mark title='" + esc(e.label) + " " + e.score.toFixed(3) + "'>" +
+              esc(cps.slice(e.start, e.end).join("")) + "<small>" + esc(e.label) + "</small></mark>";
+      at = e.end;
+    }
+    out.innerHTML = html + esc(cps.slice(at).join(""));
+    meta.innerHTML = d.entities.length + " entidades · " + model(d.model);
+  } catch (e) { out.innerHTML = "<span class='err'>" + esc(e.message) + "</span>"; }
+};
+</script>
+</body>
+</html>
+"""
+
+
+def render_page(base: str = "") -> str:
+    """The page, its links and requests under ``base`` (the application's route prefix)."""
+    base = base.rstrip("/")
+    return (_PAGE.replace("__BASE_JSON__", json.dumps(base)).replace("__BASE__", html.escape(base, quote=True))
+            .replace("__FILL_MASK__", html.escape(FILL_MASK_EXAMPLE)).replace("__NER__", html.escape(NER_EXAMPLE)))

@@ -1,0 +1,340 @@
+"""The Serve endpoints on a real local Serve over real HTTP, with tiny models built here (no downloads).
+
+One application is started for the module (FillMask, NER, Ingress on the session's 2-CPU Ray);
+the tests talk to it with httpx. The model code is also checked on its own, without Serve.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("ray.serve")
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
+WORD = re.compile(r"[^\W_]+|[^\s\ufeff\u200b]")  # galeno.ner.data.TOKEN_PATTERN
+APP = "galeno-test"
+
+
+# --------------------------------------------------------------------------- tiny models
+def _tiny_models(root: Path) -> dict[str, Path]:
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (RobertaConfig, RobertaForMaskedLM, RobertaForTokenClassification,
+                              RobertaTokenizerFast)
+
+    from galeno.ner.data import read_conll
+
+    docs, _ = read_conll(SAMPLE_CONLL)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([s.text for d in docs for s in d.sentences], vocab_size=600, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    root.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(root / "bpe.json"))
+    tokenizer = RobertaTokenizerFast(tokenizer_file=str(root / "bpe.json"), model_max_length=64)
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    out = {"mlm": root / "mlm", "ner": root / "ner", "ner2": root / "ner2"}
+    RobertaForMaskedLM(RobertaConfig(**config)).save_pretrained(out["mlm"])
+    # untrained, but biased: the first NER model tags every word B-X (each word an entity), the
+    # second I-Y (each sentence one entity): structure to check, deterministically
+    for key, kind, bias in (("ner", "X", [0.0, 50.0, 0.0]), ("ner2", "Y", [0.0, 0.0, 50.0])):
+        labels = {0: "O", 1: f"B-{kind}", 2: f"I-{kind}"}
+        model = RobertaForTokenClassification(RobertaConfig(**config, num_labels=3, id2label=labels,
+                                                            label2id={v: k for k, v in labels.items()}))
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.tensor(bias))
+        model.save_pretrained(out[key])
+    for path in out.values():
+        tokenizer.save_pretrained(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    return _tiny_models(tmp_path_factory.mktemp("serve-models"))
+
+
+def _args(models: dict[str, Path], **extra) -> dict:
+    """The application's args (a ServeConfig overlay) for the 2-CPU test Ray."""
+    return {
+        "fill_mask_model": str(models["mlm"]), "ner_model": str(models["ner"]),
+        "max_length": 64, "stride": 4, "request_timeout_s": 30,
+        "limits": {"max_chars": 3000, "max_texts": 4, "max_top_k": 20, "max_body_bytes": 20_000},
+        "fill_mask": {"num_cpus": 0.5, "max_ongoing_requests": 8, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}},
+        "ner": {"num_cpus": 0.5, "max_ongoing_requests": 8, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05,
+                                                                      "forward_batch_size": 4}},
+        **extra,
+    }
+
+
+def _deploy(args: dict, deployments: list | None = None, timeout: float = 240) -> None:
+    """Deploy the application from a Serve config, as `serve deploy` does (the controller builds it with
+    galeno.serve.app:app_builder), and wait until it runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from galeno.serve.config import IMPORT_PATH
+
+    app = {"name": APP, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}
+    if deployments:
+        app["deployments"] = deployments
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
+    deadline = time.monotonic() + timeout
+    time.sleep(1)
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(APP)
+        if status is not None and status.status == "RUNNING" and all(
+                d.status == "HEALTHY" for d in status.deployments.values()):
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            pytest.fail(f"deploy failed: {status.message}")
+        time.sleep(1)
+    pytest.fail(f"{APP} not running after {timeout:.0f} s: {serve.status().applications.get(APP)}")
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, models):
+    """The application on a local Serve at a free port; Serve is shut down after the module (Ray stays)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    args = _args(models)
+    _deploy(args)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    yield {"client": client, "args": args, "models": models}
+    client.close()
+    serve.shutdown()
+
+
+def _post(client, path: str, body) -> httpx.Response:
+    return client.post(path, json=body)
+
+
+def _assert_entities(text: str, entities: list[dict]) -> None:
+    for e in entities:
+        assert text[e["start"]:e["end"]] == e["text"], e
+        assert 0.0 <= e["score"] <= 1.0
+
+
+# --------------------------------------------------------------------------- model code, no Serve
+def test_model_code_offsets_windows_and_strategies(models):
+    """NER on a long sentence (several windows) and every strategy; fill-mask's window and sequence."""
+    from galeno.serve.models import (InputError, ModelSource, fill_mask_batch, load_fill_mask, load_ner,
+                                     ner_batch)
+
+    ner = load_ner(ModelSource(str(models["ner"]), str(models["ner"])), max_length=64)
+    long_text = "  Paciente  con " + " ".join(f"palabra{i}, dolor" for i in range(60)) + ".\nÚltima línea: p53 (3 mg)."
+    short = "Ácido acetilsalicílico 100 mg 🙂 y enalapril."
+    for strategy in ("simple", "first", "average", "max"):
+        (entities_long, entities_short), = ner_batch(ner, [([long_text, short], strategy)], stride=4, chunk=3)
+        for text, entities in ((long_text, entities_long), (short, entities_short)):
+            _assert_entities(text, entities)
+            # every word tagged B-X: one entity per word token, in order
+            assert [e["text"] for e in entities] == WORD.findall(text)
+            assert {e["label"] for e in entities} == {"X"}
+
+    mlm = load_fill_mask(ModelSource(str(models["mlm"]), str(models["mlm"])), max_length=64)
+    long_mask = "dolor " * 200 + "la <mask> arterial" + " fiebre" * 200
+    texts = [("El único antecedente era la <mask> arterial.", 3), (long_mask, 2), ("sin máscara", 2), ("<mask> y <mask>", 2)]
+    good, long, none, two = fill_mask_batch(mlm, texts, chunk=2)
+    assert len(good["candidates"]) == 3 and len(long["candidates"]) == 2
+    start = good["mask"]["start"]
+    for c in good["candidates"]:
+        assert c["sequence"].startswith("El único antecedente era la ") and c["sequence"].endswith(" arterial.")
+        assert c["sequence"][start:].startswith(c["token"])
+    assert [c["score"] for c in good["candidates"]] == sorted((c["score"] for c in good["candidates"]), reverse=True)
+    assert isinstance(none, InputError) and none.code == "no_mask"
+    assert isinstance(two, InputError) and two.code == "too_many_masks"
+
+
+def test_local_preset_is_a_serve_config_and_a_job_preset(models):
+    from ray.serve.schema import ServeDeploySchema
+
+    from galeno.serve.app import app_builder
+    from galeno.serve.config import IMPORT_PATH, load_preset
+
+    path = REPO / "configs" / "serve" / "local.yaml"
+    data = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(data)
+    assert data["applications"][0]["import_path"] == IMPORT_PATH
+    cfg = load_preset(path, ("ner.max_replicas=2",))
+    assert cfg.ner.max_replicas == 2 and cfg.port == data["http_options"]["port"]
+    assert cfg.fill_mask.max_ongoing_requests >= cfg.fill_mask.batch.max_batch_size
+    # what `serve run ... fill_mask_model=PATH ner.max_replicas=2` hands the builder: strings, dotted keys
+    app = app_builder({"fill_mask_model": str(models["mlm"]), "ner.max_replicas": "2", "ner_model": str(models["ner"])})
+    assert app is not None
+
+
+def test_config_refuses_a_batch_larger_than_max_ongoing_requests():
+    from galeno.config import ConfigError, load
+    from galeno.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError, match="max_ongoing_requests"):
+        load(ServeConfig, None, ["ner.max_ongoing_requests=4", "ner.batch.max_batch_size=8"])
+
+
+# --------------------------------------------------------------------------- HTTP
+def test_fill_mask(served):
+    client = served["client"]
+    text = "El único antecedente personal a reseñar era la <mask> arterial."
+    r = _post(client, "/fill-mask", {"text": text, "top_k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"uri": str(Path(served["models"]["mlm"]).resolve()), "name": None, "version": None}
+    assert len(body["candidates"]) == 4
+    assert text[body["mask"]["start"]:body["mask"]["end"]] == "<mask>"
+    for c in body["candidates"]:
+        assert set(c) == {"token", "token_id", "token_str", "score", "sequence"}
+        assert c["sequence"].startswith("El único antecedente personal a reseñar era la ")
+        assert c["sequence"].endswith(" arterial.")
+    assert "fill-mask=" in r.headers["x-galeno-models"]
+
+
+def test_ner_text_and_texts(served):
+    client = served["client"]
+    text = "Se detectó sobreexpresión de la proteína p53 en la biopsia hepática.\n\nTratamiento: cisplatino 50 mg/m²."
+    r = _post(client, "/ner", {"text": text})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["aggregation_strategy"] == "simple" and "results" not in body
+    _assert_entities(text, body["entities"])
+    assert [e["text"] for e in body["entities"]] == WORD.findall(text)
+    texts = ["Dolor torácico.", "  Fiebre de 39 ºC y tos  ", "Sin hallazgos."]
+    r = _post(client, "/ner", {"texts": texts, "aggregation_strategy": "max"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 3
+    for t, result in zip(texts, results):
+        _assert_entities(t, result["entities"])
+        assert [e["text"] for e in result["entities"]] == WORD.findall(t)
+
+
+def test_concurrent_requests_each_get_their_own_answer(served):
+    """Requests batched together come back to their own callers (distinct inputs, checked one by one)."""
+    client = served["client"]
+
+    def fill(i: int):
+        text = f"Paciente número {i} con <mask> de {i} días."
+        r = _post(client, "/fill-mask", {"text": text, "top_k": 2})
+        assert r.status_code == 200, r.text
+        return all(c["sequence"].startswith(f"Paciente número {i} con ") and c["sequence"].endswith(f" de {i} días.")
+                   for c in r.json()["candidates"])
+
+    def ner(i: int):
+        text = " ".join(f"w{i}x{k}" for k in range(i + 1)) + "."
+        r = _post(client, "/ner", {"text": text})
+        assert r.status_code == 200, r.text
+        entities = r.json()["entities"]
+        _assert_entities(text, entities)
+        return [e["text"] for e in entities] == WORD.findall(text)
+
+    with ThreadPoolExecutor(12) as pool:
+        fills = [pool.submit(fill, i) for i in range(16)]
+        ners = [pool.submit(ner, i) for i in range(16)]
+        assert all(f.result() for f in fills)
+        assert all(f.result() for f in ners)
+
+
+BAD = [
+    # (path, raw body or JSON, status, error code)
+    ("/fill-mask", {"text": ""}, 422, "empty_text"),
+    ("/fill-mask", {"text": "   \n "}, 422, "empty_text"),
+    ("/fill-mask", {"text": "sin máscara"}, 422, "no_mask"),
+    ("/fill-mask", {"text": "la <mask> y la <mask>"}, 422, "too_many_masks"),
+    ("/fill-mask", {"text": "la <mask>", "top_k": 0}, 422, "bad_top_k"),
+    ("/fill-mask", {"text": "la <mask>", "top_k": 21}, 422, "bad_top_k"),
+    ("/fill-mask", {"text": "la <mask>", "top_k": "5"}, 422, "invalid_request"),
+    ("/fill-mask", {"text": 123}, 422, "invalid_request"),
+    ("/fill-mask", {"top_k": 3}, 422, "invalid_request"),
+    ("/fill-mask", {"text": "la <mask>", "extra": 1}, 422, "invalid_request"),
+    ("/fill-mask", ["la <mask>"], 422, "invalid_request"),
+    ("/fill-mask", {"text": "a" * 3001 + "<mask>"}, 413, "text_too_long"),
+    ("/fill-mask", b'{"text": "la <mask>', 422, "invalid_request"),
+    ("/fill-mask", b"not json at all", 422, "invalid_request"),
+    ("/fill-mask", b'{"text": "la \xff\xfe <mask>"}', 400, "invalid_encoding"),
+    ("/fill-mask", b'{"text": "la \\ud800 <mask>"}', 422, "invalid_text"),
+    ("/fill-mask", json.dumps({"text": "x" * 30_000}).encode(), 413, "body_too_large"),
+    ("/ner", {}, 422, "text_or_texts"),
+    ("/ner", {"text": "a", "texts": ["b"]}, 422, "text_or_texts"),
+    ("/ner", {"texts": []}, 422, "empty_text"),
+    ("/ner", {"texts": ["uno", ""]}, 422, "empty_text"),
+    ("/ner", {"texts": ["a", "b", "c", "d", "e"]}, 413, "too_many_texts"),
+    ("/ner", {"texts": "un texto"}, 422, "invalid_request"),
+    ("/ner", {"texts": ["a", 3]}, 422, "invalid_request"),
+    ("/ner", {"text": "dolor", "aggregation_strategy": "mean"}, 422, "invalid_request"),
+    ("/ner", {"text": "é" * 3001}, 413, "text_too_long"),
+]
+
+
+def test_bad_input_answers_4xx_json_and_the_replicas_survive(served):
+    client = served["client"]
+    for path, body, status, code in BAD:
+        if isinstance(body, bytes):
+            r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        else:
+            r = _post(client, path, body)
+        assert r.status_code == status, (path, body if len(str(body)) < 200 else "long", r.text)
+        answer = r.json()
+        assert answer["error"] == code and answer["message"], answer
+        assert "x-galeno-models" in r.headers
+    r = client.get("/no-such-route")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    # messages name the problem, never the text
+    assert "sin máscara" not in _post(client, "/fill-mask", {"text": "sin máscara"}).text
+    assert _post(client, "/fill-mask", {"text": "la <mask> arterial"}).status_code == 200
+    assert _post(client, "/ner", {"text": "dolor abdominal"}).status_code == 200
+
+
+def test_healthz_models_page_and_openapi(served):
+    client = served["client"]
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    models = client.get("/models").json()
+    assert models["fill-mask"]["path"] == str(Path(served["models"]["mlm"]).resolve())
+    assert models["fill-mask"]["mask_token"] == "<mask>" and models["fill-mask"]["version"] is None
+    assert models["ner"]["labels"] == ["O", "B-X", "I-X"] and models["ner"]["run_id"] is None
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "El único antecedente personal a reseñar era la &lt;mask&gt; arterial." in page.text
+    assert "<script>" in page.text and " src=" not in page.text and 'href="http' not in page.text  # no external assets
+    schema = client.get("/openapi.json").json()
+    assert {"/fill-mask", "/ner", "/models", "/healthz"} <= set(schema["paths"])
+    assert "FillMaskRequest" in schema["components"]["schemas"]
+
+
+def test_reconfigure_reloads_running_replicas_in_place(served):
+    """A new user_config alone (a Serve config's deployments override) reconfigures the running replica:
+    here it names another model; a new `reload` value makes it resolve the same URI again."""
+    client, args = served["client"], served["args"]
+    before = client.get("/models").json()["ner"]
+    try:
+        _deploy(args, [{"name": "NER", "user_config": {"reload": "2", "model": str(served["models"]["ner2"])}}])
+        after = client.get("/models").json()["ner"]
+        assert after["path"] == str(Path(served["models"]["ner2"]).resolve()) and after["labels"] == ["O", "B-Y", "I-Y"]
+        assert after["replica"] == before["replica"], "the replica was replaced instead of reconfigured"
+        text = "Dolor torácico intenso. Fiebre alta."
+        r = _post(client, "/ner", {"text": text})
+        entities = r.json()["entities"]
+        _assert_entities(text, entities)
+        assert [(e["label"], e["text"]) for e in entities] == [("Y", "Dolor torácico intenso."), ("Y", "Fiebre alta.")]
+        assert r.json()["model"]["uri"] == after["path"]
+    finally:
+        _deploy(args, [{"name": "NER", "user_config": {"reload": "3"}}])
+    after = client.get("/models").json()["ner"]
+    assert after["labels"] == ["O", "B-X", "I-X"] and after["replica"] == before["replica"]
