@@ -300,7 +300,7 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | No
                             action="append" if flag.repeat else "store")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="dotted overrides applied last")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
     extra: dict[str, Any] = {}
     for path in args.config or ():
         _merge(extra, load_yaml(path))

@@ -1,9 +1,11 @@
-"""A real NER fine-tune on Ray Train (2 workers, DDP) of a tiny RoBERTa on a PharmaCoNER slice, then the
+"""A real NER fine-tune on Ray Train of a tiny RoBERTa on a PharmaCoNER slice, then the
 evaluation job, the registered model and its structured predictions.
 
 The tiny model (2 layers, 64 wide, a 2,000-token BPE vocabulary trained on the slice) starts from
-random weights, the "untrained model" the fine-tuned one has to beat; on 2 CPU cores it breaks
-out of predicting only O after about 300 steps at a constant learning rate of 1e-3.
+random weights, the "untrained model" the fine-tuned one has to beat; it breaks out of predicting
+only O after about 300 steps at a constant learning rate of 1e-3. One Ray Train worker with both
+cores: two workers on this 2-core machine take twice as long (DDP over gloo); several ranks
+evaluating different numbers of batches are tested in tests/train/test_loop.py.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def finetuned(ray_local, shared_data, untrained, tmp_path_factory):
         f"model={untrained}", f"output={out}", f"data.train={shared_data}/pharmaconer/train.conll",
         f"data.dev={shared_data}/pharmaconer/dev.conll", f"data.train_sentences={SLICE}", "data.max_length=64",
         "data.group_by_length=true", "epochs=4", "optim.lr=1e-3", "optim.schedule=constant",
-        "warmup_fraction=0.05", "trainer.global_batch=32", "trainer.micro_batch=16", "trainer.num_workers=2",
-        "trainer.cpus_per_worker=0.5", "ray.num_cpus=2", "ray.progress_bars=false"])
+        "warmup_fraction=0.05", "trainer.global_batch=32", "trainer.micro_batch=32", "trainer.num_workers=1",
+        "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false"])
     return out, run(cfg)
 
 
@@ -141,3 +143,21 @@ def test_predictions_write_back_as_brat(finetuned, shared_data, tmp_path):
     written, _ = read_brat(tmp_path / "pred")
     assert len(written) == 3
     assert sum(len(d.entities) for d in written) == result["span"]["predicted"]
+
+
+def test_a_sweep_runs_trials_on_ray_tune_and_names_the_best(ray_local, shared_data, untrained, tmp_path):
+    """Two Ray Tune trials (each a Ray Train run) on a small slice; ASHA may stop one after its first evaluation."""
+    from galeno.ner.finetune import run
+
+    summary = run(load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
+        f"model={untrained}", f"output={tmp_path}", f"data.train={shared_data}/pharmaconer/train.conll",
+        f"data.dev={shared_data}/pharmaconer/dev.conll", "data.train_sentences=96", "data.max_length=64",
+        "epochs=2", "trainer.micro_batch=16", "trainer.cpus_per_worker=1.5", "ray.num_cpus=2",
+        "ray.progress_bars=false", "sweep.enabled=true", "sweep.num_samples=2", "sweep.batch_sizes=[16,32]",
+        "sweep.lr_min=1e-4", "sweep.lr_max=1e-3", "sweep.grace_evals=1"]))
+    assert len(summary["trials"]) == 2
+    assert all(t["best_dev_f1"] is not None and t["error"] is None for t in summary["trials"])
+    best = summary["best"]
+    assert 1e-4 <= best["config"]["lr"] <= 1e-3 and best["config"]["global_batch"] in (16, 32)
+    assert best["best_dev_f1"] == max(t["best_dev_f1"] for t in summary["trials"])
+    assert json.loads((tmp_path / "sweep.json").read_text())["best_overrides"][0].startswith("optim.lr=")

@@ -18,7 +18,8 @@ examples:
       --model models:/galeno-mlm@champion seeds=[1,2,3]
   ray job submit --working-dir . --runtime-env configs/ray/runtime-env.yaml -- \\
       python jobs/finetune_ner.py --config configs/ner/meddocan.yaml --model models:/galeno-mlm@champion
-Several --config files are layered in order (a task preset, then a recipe).
+Several --config files are layered in order (a task preset, then a recipe). sweep.enabled=true runs a
+Ray Tune search (ASHA) over learning rate, batch size and warmup instead, and writes <output>/sweep.json.
 """
 
 FLAGS = (
@@ -34,7 +35,7 @@ def finetune_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setup_logging()
     cfg = parse_cli(NERConfig, argv, prog="finetune_ner.py", description=FINETUNE_USAGE, flags=FLAGS)
     results = run(cfg)
-    print(json.dumps({k: v for k, v in results.items() if k != "seeds"} | {"seeds": results["seeds"]}, indent=2))
+    print(json.dumps(results, indent=2))
     return results
 
 

@@ -53,6 +53,36 @@ class NERDataConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A Ray Tune search over learning rate, batch size and warmup, with ASHA stopping weak trials early."""
+
+    enabled: bool = False
+    """Run the sweep instead of the seeds: each trial is one Ray Train fine-tuning (first seed), scored on dev."""
+    num_samples: int = 8
+    """Trials (configurations drawn from the space below)."""
+    lr_min: float = 1e-5
+    """Smallest learning rate (drawn log-uniformly between lr_min and lr_max)."""
+    lr_max: float = 1e-4
+    """Largest learning rate."""
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 32])
+    """Global batch sizes to choose from (each a multiple of trainer.micro_batch × workers)."""
+    warmup_fractions: list[float] = field(default_factory=lambda: [0.0, 0.06, 0.1])
+    """Warmup fractions to choose from."""
+    grace_evals: int = 2
+    """Dev evaluations every trial gets before ASHA may stop it."""
+    reduction_factor: int = 3
+    """ASHA keeps the best 1/reduction_factor of the trials at each rung."""
+    max_concurrent: int = 1
+    """Trials at a time (each takes trainer.num_workers × cpus_per_worker CPUs, plus 0.01 CPU for its driver)."""
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or not 0 < self.lr_min <= self.lr_max or not self.batch_sizes:
+            raise ValueError("sweep: num_samples >= 1, 0 < lr_min <= lr_max and batch_sizes are required")
+        if self.grace_evals < 1 or self.reduction_factor < 2 or self.max_concurrent < 1:
+            raise ValueError("sweep: grace_evals >= 1, reduction_factor >= 2, max_concurrent >= 1")
+
+
+@dataclass
 class NERConfig:
     """Fine-tune a pretrained encoder for NER (token classification, linear head, BIO tags)."""
 
@@ -82,6 +112,8 @@ class NERConfig:
     """Ray cluster to join or start."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow run of each seed and registration of the best seed's model as galeno-ner-<task>."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Optional hyperparameter search (Ray Tune + ASHA) instead of the seeds."""
 
     def __post_init__(self) -> None:
         if self.init not in INITS:

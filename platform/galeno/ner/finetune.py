@@ -127,7 +127,7 @@ def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
     _worker_body(cfg, job, LocalReporter(job["seed_dir"], cfg.trainer.keep_checkpoints), tracker)
 
 
-def _ray_fit(cfg: NERConfig, job: dict[str, Any]) -> None:
+def _ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -141,7 +141,7 @@ def _ray_fit(cfg: NERConfig, job: dict[str, Any]) -> None:
         run_config=ray.train.RunConfig(
             name=f"ner-{cfg.task}-seed{job['seed']}", storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints), callbacks=callbacks))
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -161,11 +161,15 @@ def run(cfg: NERConfig) -> dict[str, Any]:
     if not cfg.trainer.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     data = prepare(cfg, model_dir, out)
-    cfg = derive(cfg, data["windows"]["train"]["windows"])
-    if cfg.trainer.launcher == "ray":
+    if cfg.trainer.launcher == "ray" or cfg.sweep.enabled:
         from galeno.runtime import init_ray
 
         init_ray(cfg.ray)
+    if cfg.sweep.enabled:
+        from galeno.ner.sweep import run_sweep
+
+        return run_sweep(cfg, model_dir, data)
+    cfg = derive(cfg, data["windows"]["train"]["windows"])
     lineage = _lineage(cfg, model_dir, data)
     seeds = []
     for seed in cfg.seeds:

@@ -204,7 +204,7 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
             metrics: dict[str, Any] = {
                 "step": state.step, "epoch": state.epoch, "loss": loss_sum / (engine.grad_accum * world_size),
                 "lr": engine.lr(), "tokens_per_second": tps, "tokens_per_second_per_worker": tps / world_size,
-                "tokens_seen": state.tokens, "step_seconds": elapsed,
+                "tokens_seen": state.tokens, "step_seconds": elapsed, "progress": state.step / trainer.max_steps,
                 "mfu": (tps * flops_per_token / (peak_tflops * 1e12 * world_size)) if peak_tflops else None,
                 "resumed_from_step": state.resumed_from}
             last = state.step == trainer.max_steps
