@@ -2,15 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= corpus,train,tracking,dev
+EXTRAS ?= corpus,train,tracking,serve,dev
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
+.PHONY: install demo serve test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
 help:
-	@echo "make demo | test | test-fast | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
+	@echo "make demo | serve | test | test-fast | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## corpus → tokenizer → tiny RoBERTa pretraining on the shipped sample (local Ray)
+demo: install  ## corpus → tokenizer → tiny RoBERTa pretraining → NER fine-tuning on the shipped sample (local Ray)
 	$(PY) jobs/clean_corpus.py --config configs/corpus/sample.yaml
 	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/sample.yaml
 	$(PY) jobs/pretrain.py --config configs/pretrain/tiny-cpu.yaml
+	$(PY) jobs/finetune_ner.py --config configs/ner/tiny-cpu.yaml
+	$(PY) jobs/serve.py --config configs/serve/local.yaml --once
 	@echo "corpus report: artifacts/corpus-sample/report.md"
 	@echo "model: artifacts/pretrain/tiny-cpu/model (metrics: artifacts/pretrain/tiny-cpu/metrics.jsonl)"
+	@echo "NER: artifacts/ner/tiny-cpu/results.json (dev predictions: artifacts/ner/tiny-cpu/seed-42/dev_predictions.tsv)"
 	@echo "runs and the registered galeno-mlm: make mlflow-ui, then http://127.0.0.1:5000"
+
+serve: install  ## the fill-mask and NER endpoints of the registered demo models at http://127.0.0.1:8000
+	$(PY) jobs/serve.py --config configs/serve/local.yaml
 
 MLFLOW_HOME := $(abspath $(or $(GALENO_HOME),artifacts))/mlflow
 MLFLOW_PORT ?= 5000
