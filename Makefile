@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo serve test test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
+.PHONY: install demo serve test test-extended test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
 help:
 	@echo "make demo | serve | test | test-fast | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
@@ -49,10 +49,13 @@ bench-pretrain: install  ## our training loop vs a plain Hugging Face Trainer (t
 	$(PY) benchmarks/pretrain_throughput.py
 
 test: install  ## everything CI runs
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -m "not extended" $(PYTEST_ARGS)
+
+test-extended: install  ## the tests too slow for CI (the Ray Tune sweep)
+	$(PY) -m pytest -q -ra -m extended $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slow and not extended" $(PYTEST_ARGS)
 
 corpus-shared: install  ## the corpus job on all of ../shared/data
 	$(PY) jobs/clean_corpus.py --config configs/corpus/shared.yaml

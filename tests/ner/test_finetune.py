@@ -145,8 +145,13 @@ def test_predictions_write_back_as_brat(finetuned, shared_data, tmp_path):
     assert sum(len(d.entities) for d in written) == result["span"]["predicted"]
 
 
+@pytest.mark.extended
 def test_a_sweep_runs_trials_on_ray_tune_and_names_the_best(ray_local, shared_data, untrained, tmp_path):
-    """Two Ray Tune trials (each a Ray Train run) on a small slice; ASHA may stop one after its first evaluation."""
+    """Two Ray Tune trials (each a Ray Train run) on a small slice; ASHA may stop one after its first evaluation.
+
+    Extended (not in CI): each trial starts its own Ray Train run, which takes minutes on this
+    loaded 2-core machine; run with ``make test-extended``.
+    """
     from galeno.ner.finetune import run
 
     summary = run(load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
