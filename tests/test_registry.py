@@ -237,6 +237,18 @@ def test_embedded_store_register_promote_load(tiny_models, tmp_path, monkeypatch
     module_file, n = done.stdout.split()[-2:]
     assert Path(module_file).is_relative_to(logged / "code") and n == "2"
 
+    # A fresh process resolves a registry URI against the store it is given, not MLflow's global
+    # default (which would be a new ./mlflow.db in its working directory: a Serve replica's case).
+    elsewhere = tmp_path / "replica"
+    elsewhere.mkdir()
+    probe = ("import sys; from galeno.registry import resolve_model; from galeno.tracking import TrackingConfig; "
+             "print(resolve_model('models:/galeno-mlm@champion', TrackingConfig(tracking_uri=sys.argv[1]), sys.argv[2]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "GALENO_HOME"}
+    done = subprocess.run([sys.executable, "-c", probe, uri, str(elsewhere / "cache")], capture_output=True,
+                          text=True, cwd=elsewhere, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (Path(done.stdout.split()[-1]) / "config.json").is_file() and not (elsewhere / "mlflow.db").exists()
+
 
 def test_tracking_config_refuses_file_stores_and_env_overrides(monkeypatch):
     with pytest.raises(ValueError, match="3.13"):

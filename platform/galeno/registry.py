@@ -291,8 +291,10 @@ def resolve_model(uri_or_path: str | Path, cfg: TrackingConfig | None = None,
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{version}-{uuid.uuid4().hex[:8]}"
         try:
-            got = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
-                                                      tracking_uri=uri, registry_uri=uri)
+            # the version's storage location, not models:/ (whose repository asks a registry client
+            # built from the process's global MLflow URI, not ours: a fresh Serve replica has none)
+            source = client(cfg).get_model_version_download_uri(name, version)
+            got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=uri)
             try:
                 os.replace(got, target)  # atomic: concurrent workers on one node download at most twice
             except OSError:
