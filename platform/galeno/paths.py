@@ -10,6 +10,14 @@ import os
 from pathlib import Path
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute for workers that start in another directory; empty strings, URIs
+    (``s3://``, ``http://``) and registry URIs (``models:/NAME@alias``) stay as they are."""
+    if not path or "://" in path or path.startswith("models:/"):
+        return path
+    return str(Path(path).resolve())
+
+
 def artifact_root() -> Path:
     """``$GALENO_HOME`` or ``./artifacts``: the default parent of every stage's output."""
     return Path(os.environ.get("GALENO_HOME", "artifacts"))

@@ -102,22 +102,12 @@ def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None
 
 def ner_worker(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``."""
-    import ray.train
-
-    from galeno.train.loop import RayReporter
+    from galeno.train.loop import RayReporter, rank0_tracker
 
     cfg = from_dict(NERConfig, config["cfg"])
     job = config["job"]
-    tracker = None
-    if job.get("mlflow_run_id") and ray.train.get_context().get_world_rank() == 0:
-        from galeno.tracking import RunLogger
-
-        tracker = RunLogger(cfg.tracking).start(run_id=job["mlflow_run_id"])
-    try:
+    with rank0_tracker(cfg.tracking, job.get("mlflow_run_id")) as tracker:
         _worker_body(cfg, job, RayReporter(), tracker)
-    finally:
-        if tracker is not None:
-            tracker.end(status=None)
 
 
 def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
@@ -128,23 +118,11 @@ def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
 
 
 def _ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) -> None:
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from galeno.train.loop import ray_train
 
-    t = cfg.trainer
-    storage = t.storage_path or str((Path(job["seed_dir"]) / "ray").resolve())
-    trainer = TorchTrainer(
-        ner_worker, train_loop_config={"cfg": to_dict(cfg), "job": job},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=f"ner-{cfg.task}-seed{job['seed']}", storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints), callbacks=callbacks))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    storage = cfg.trainer.storage_path or str((Path(job["seed_dir"]) / "ray").resolve())
+    ray_train(ner_worker, {"cfg": to_dict(cfg), "job": job}, cfg.trainer, name=f"ner-{cfg.task}-seed{job['seed']}",
+              storage=storage, callbacks=callbacks)
 
 
 # --------------------------------------------------------------------------- driver
@@ -277,11 +255,9 @@ def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, An
 
 def absolute_paths(cfg: NERConfig) -> NERConfig:
     """Absolute data, model and output paths (workers start elsewhere), absolute tracking URIs."""
+    from galeno import paths
     from galeno.tracking import resolved
 
-    def resolve(p: str) -> str:
-        return p if not p or "://" in p or p.startswith("models:/") else str(Path(p).resolve())
-
-    data = dataclasses.replace(cfg.data, train=resolve(cfg.data.train), dev=resolve(cfg.data.dev))
-    return dataclasses.replace(cfg, model=resolve(cfg.model), output=resolve(cfg.output), data=data,
+    data = dataclasses.replace(cfg.data, train=paths.absolute(cfg.data.train), dev=paths.absolute(cfg.data.dev))
+    return dataclasses.replace(cfg, model=paths.absolute(cfg.model), output=paths.absolute(cfg.output), data=data,
                                tracking=resolved(cfg.tracking))

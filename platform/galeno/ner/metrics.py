@@ -55,7 +55,7 @@ def bio_spans(tags: Sequence[str], mode: str = "default") -> list[tuple[str, int
     return spans
 
 
-def _prf(correct: int, predicted: int, support: int) -> dict[str, Any]:
+def prf(correct: int, predicted: int, support: int) -> dict[str, Any]:
     precision = correct / predicted if predicted else 0.0
     recall = correct / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -72,8 +72,8 @@ def _score(gold: Iterable[tuple[str, Hashable]], pred: Iterable[tuple[str, Hasha
     def total(counts: Counter, kind: str | None = None) -> int:
         return sum(n for (t, _), n in counts.items() if kind is None or t == kind)
 
-    scores = _prf(total(hits), total(pred_counts), total(gold_counts))
-    scores["per_type"] = {t: _prf(total(hits, t), total(pred_counts, t), total(gold_counts, t))
+    scores = prf(total(hits), total(pred_counts), total(gold_counts))
+    scores["per_type"] = {t: prf(total(hits, t), total(pred_counts, t), total(gold_counts, t))
                           for t in types}
     return scores
 

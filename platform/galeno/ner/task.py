@@ -21,7 +21,7 @@ from torch import nn
 
 from galeno.ner.align import IGNORE, encode_sentences, stitch, word_predictions
 from galeno.ner.data import Sentence
-from galeno.ner.metrics import MODES, entity_scores
+from galeno.ner.metrics import MODES, entity_scores, prf
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,16 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def _window(word_ids: Sequence[int], sentence: int, word_start: int, n_words: int) -> dict[str, Any]:
+    """A stored window as ``galeno.ner.align`` reads it (word id -1 back to None)."""
+    return {"word_ids": [None if i < 0 else i for i in word_ids], "sentence": sentence,
+            "word_start": word_start, "n_words": n_words}
+
+
 def decode(raw: dict[str, list], token_predictions: Sequence[Sequence[int]], id2label: Sequence[str]
            ) -> tuple[list[list[str]], list[list[str]]]:
     """Gold and predicted tags of the sentences whose windows are all in ``raw``, in sentence order."""
-    windows = [{"word_ids": [None if i < 0 else i for i in raw["word_ids"][k]], "sentence": raw["sentence"][k],
-                "word_start": raw["word_start"][k], "n_words": raw["n_words"][k]} for k in range(len(raw["sentence"]))]
+    windows = [_window(*w) for w in zip(raw["word_ids"], raw["sentence"], raw["word_start"], raw["n_words"])]
     local = {n: j for j, n in enumerate(dict.fromkeys(w["sentence"] for w in windows))}
     for w in windows:  # stitch wants sentences numbered 0..n-1
         w["sentence"] = local[w["sentence"]]
@@ -203,12 +208,12 @@ class NERTask:
         for mode in MODES:
             suffix = "" if mode == "default" else "_strict"
             for kind in ["ALL", *self.types]:
-                p, r, f = _prf(sums[f"{mode}.{kind}.correct"], sums[f"{mode}.{kind}.predicted"],
-                               sums[f"{mode}.{kind}.gold"])
+                s = prf(sums[f"{mode}.{kind}.correct"], sums[f"{mode}.{kind}.predicted"], sums[f"{mode}.{kind}.gold"])
                 if kind == "ALL":
-                    out.update({f"dev_precision{suffix}": p, f"dev_recall{suffix}": r, f"dev_f1{suffix}": f})
+                    out.update({f"dev_precision{suffix}": s["precision"], f"dev_recall{suffix}": s["recall"],
+                                f"dev_f1{suffix}": s["f1"]})
                 elif mode == "default":
-                    out[f"dev_f1.{kind}"] = f
+                    out[f"dev_f1.{kind}"] = s["f1"]
         return out
 
     def flops_per_token(self, model: nn.Module) -> float:
@@ -223,12 +228,6 @@ class NERTask:
         self.tokenizer.save_pretrained(out_dir)
 
     save_best = export
-
-
-def _prf(correct: float, predicted: float, gold: float) -> tuple[float, float, float]:
-    p = correct / predicted if predicted else 0.0
-    r = correct / gold if gold else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
 @torch.no_grad()
@@ -252,8 +251,7 @@ def predict(model: nn.Module, tokenizer, sentences: Sequence[Sentence], *, max_l
         argmax = model(input_ids=ids, attention_mask=attention).logits.argmax(-1).tolist()
         for i, p in zip(idx, argmax):
             token_preds[i] = p
-    windows = [{"word_ids": [None if i < 0 else i for i in r["word_ids"]], "sentence": r["sentence"],
-                "word_start": r["word_start"], "n_words": r["n_words"]} for r in rows]
+    windows = [_window(r["word_ids"], r["sentence"], r["word_start"], r["n_words"]) for r in rows]
     stitched = stitch(windows, [word_predictions(w, p) for w, p in zip(windows, token_preds)],
                       default=label2id.get("O", 0))
     for n, tags in enumerate(stitched):

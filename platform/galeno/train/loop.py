@@ -130,6 +130,51 @@ class RayReporter:
                              checkpoint_dir_name=f"checkpoint-{metrics['step']:08d}")
 
 
+def ray_train(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], trainer: TrainerConfig, *,
+              name: str, storage: str, datasets: Optional[dict[str, Any]] = None, callbacks: Optional[list] = None):
+    """Run ``worker`` on ``trainer.num_workers`` Ray Train workers (TorchTrainer); the result, or its error raised.
+
+    The one launcher of every job: scaling, backend, failure recovery and checkpoint retention
+    come from ``trainer``.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = trainer
+    result = TorchTrainer(
+        worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        datasets=datasets,
+    ).fit()
+    if result.error:
+        raise result.error
+    return result
+
+
+@contextlib.contextmanager
+def rank0_tracker(tracking, run_id: Optional[str]) -> Iterator[Any]:
+    """Under Ray Train: rank 0's ``RunLogger`` into the driver's MLflow run ``run_id`` (None on other
+    ranks, or with no run); at the end it sends what is left and leaves the run open for the driver."""
+    import ray.train
+
+    if not run_id or ray.train.get_context().get_world_rank() != 0:
+        yield None
+        return
+    from galeno.tracking import RunLogger
+
+    tracker = RunLogger(tracking).start(run_id=run_id)
+    try:
+        yield tracker
+    finally:
+        tracker.end(status=None)
+
+
 # --------------------------------------------------------------------------- the loop
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:

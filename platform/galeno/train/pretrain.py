@@ -36,12 +36,11 @@ def pretrain_worker(config: dict[str, Any]) -> None:
     cfg = from_dict(PretrainConfig, config["cfg"])
     if not cfg.trainer.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from galeno.train.loop import RayReporter, parquet_batches, run_worker
+    from galeno.train.loop import RayReporter, parquet_batches, rank0_tracker, run_worker
     from galeno.train.engine import world
 
     packed = config["packed"]
     micro = cfg.trainer.micro_batch
-    tracker = _worker_tracker(cfg, config.get("mlflow_run_id"))
 
     def train_epoch(epoch: int):
         import ray.train
@@ -55,23 +54,10 @@ def pretrain_worker(config: dict[str, Any]) -> None:
         return parquet_batches(paths.packed_split(packed, "val"), micro, rank=rank, world_size=world_size,
                                seed=0, drop_last=False, shuffle=False, columns=["input_ids"])
 
-    try:
+    # the driver closes the run after export and registration
+    with rank0_tracker(cfg.tracking, config.get("mlflow_run_id")) as tracker:
         run_worker(_task(cfg), cfg.trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches,
                    reporter=RayReporter(), output=cfg.output, tracker=tracker)
-    finally:
-        if tracker is not None:
-            tracker.end(status=None)  # the driver closes the run after export and registration
-
-
-def _worker_tracker(cfg: PretrainConfig, run_id: str | None):
-    """Rank 0 logs its metrics into the driver's MLflow run; other ranks, or no run, log nothing."""
-    import ray.train
-
-    if not run_id or ray.train.get_context().get_world_rank() != 0:
-        return None
-    from galeno.tracking import RunLogger
-
-    return RunLogger(cfg.tracking).start(run_id=run_id)
 
 
 def local_worker(cfg: PretrainConfig, packed: str | Path, tracker=None):
@@ -102,28 +88,13 @@ def ray_fit(cfg: PretrainConfig, packed: str | Path, mlflow_run_id: str | None =
 
     Rank 0 logs its metrics into MLflow run ``mlflow_run_id`` (None: no metrics to MLflow from the workers)."""
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    t = cfg.trainer
-    storage = t.storage_path or str(paths.train_storage(cfg.output).resolve())
+    from galeno.train.loop import ray_train
+
+    storage = cfg.trainer.storage_path or str(paths.train_storage(cfg.output).resolve())
     train = ray.data.read_parquet(str(paths.packed_split(packed, "train")), columns=["input_ids"])
-    trainer = TorchTrainer(
-        pretrain_worker,
-        train_loop_config={"cfg": to_dict(cfg), "packed": str(packed), "mlflow_run_id": mlflow_run_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
-        datasets={"train": train},
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    return result.checkpoint
+    return ray_train(pretrain_worker, {"cfg": to_dict(cfg), "packed": str(packed), "mlflow_run_id": mlflow_run_id},
+                     cfg.trainer, name=cfg.name, storage=storage, datasets={"train": train}).checkpoint
 
 
 def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra: dict[str, Any]) -> Path:
@@ -237,18 +208,15 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
 def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are),
     registry URIs resolved to local folders and the tracking store's absolute URI."""
-    def resolve(p: str) -> str:
-        return p if not p or "://" in p else str(Path(p).resolve())
-
     from galeno.registry import resolve_model
     from galeno.tracking import resolved
 
     tracking = resolved(cfg.tracking)
     # a registered model's folder holds its tokenizer: models:/galeno-mlm@champion is a tokenizer too
-    tokenizer = resolve(resolve_model(cfg.data.tokenizer, tracking))
-    data = dataclasses.replace(cfg.data, corpus=resolve(cfg.data.corpus), tokenizer=tokenizer)
-    trainer = dataclasses.replace(cfg.trainer, storage_path=resolve(cfg.trainer.storage_path))
-    return dataclasses.replace(cfg, output=resolve(cfg.output), data=data, trainer=trainer, tracking=tracking)
+    tokenizer = paths.absolute(resolve_model(cfg.data.tokenizer, tracking))
+    data = dataclasses.replace(cfg.data, corpus=paths.absolute(cfg.data.corpus), tokenizer=tokenizer)
+    trainer = dataclasses.replace(cfg.trainer, storage_path=paths.absolute(cfg.trainer.storage_path))
+    return dataclasses.replace(cfg, output=paths.absolute(cfg.output), data=data, trainer=trainer, tracking=tracking)
 
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
