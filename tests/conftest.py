@@ -39,9 +39,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray with 2 CPUs, shared by the whole session."""
+    """A real local Ray with 2 CPUs, started for one test module and stopped after it.
+
+    Per module, not per session: one module's leftovers (a Serve controller, Ray Data actor pools,
+    a worker killed by the fault drill) never reach the next, and no driver lives long enough to
+    pile them up. A session-long driver once hung after ~20 minutes of mixed work: it never heard
+    that the Ray Train controller it had just created was alive (the GCS had it ALIVE), so
+    ``TorchTrainer.fit`` waited forever. A start costs ~8 s here."""
     ray = pytest.importorskip("ray")
     import ray.data
 
@@ -62,10 +68,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A head node on loopback with token auth (Ray's default for local clusters since 2.59), shared by the
-    job-submission tests."""
+    """A head node on loopback with token auth (Ray's default for local clusters since 2.59) for the
+    job-submission tests of one module, stopped after it: a second cluster left running becomes the
+    one that Ray's address auto-detection (``/tmp/ray/ray_current_cluster``) finds."""
     tmp_path = tmp_path_factory.mktemp("ray-head")
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if ray_bin is None:
@@ -99,3 +106,6 @@ def ray_head(tmp_path_factory):
     yield ray_bin, address, env
     os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
     head.wait(timeout=60)
+    current = Path("/tmp/ray/ray_current_cluster")  # still naming the stopped head: forget it
+    if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
