@@ -40,22 +40,28 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(request):
     """A real local Ray with 2 CPUs, started for one test module and stopped after it.
 
     Per module, not per session: one module's leftovers (a Serve controller, Ray Data actor pools,
     a worker killed by the fault drill) never reach the next, and no driver lives long enough to
     pile them up. A session-long driver once hung after ~20 minutes of mixed work: it never heard
     that the Ray Train controller it had just created was alive (the GCS had it ALIVE), so
-    ``TorchTrainer.fit`` waited forever. A start costs ~8 s here."""
+    ``TorchTrainer.fit`` waited forever. A start costs ~8 s here.
+
+    A module's ``RAY_ENV`` mapping is set while Ray starts, so its processes (raylet, workers) see it.
+    """
     ray = pytest.importorskip("ray")
     import ray.data
 
     if not ray.is_initialized():
         from galeno.runtime import LOCAL_SYSTEM_CONFIG
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _system_config=LOCAL_SYSTEM_CONFIG)
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in getattr(request.module, "RAY_ENV", {}).items():
+                mp.setenv(name, value)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     _system_config=LOCAL_SYSTEM_CONFIG)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray

@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
 WORD = re.compile(r"[^\W_]+|[^\s\ufeff\u200b]")  # galeno.ner.data.TOKEN_PATTERN
 APP = "galeno-test"
+# Serve's callers and replicas push autoscaling metrics every 10 s by default; 1 s keeps the scaling test short
+RAY_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+           "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -93,13 +96,17 @@ def _deploy(args: dict, deployments: list | None = None, timeout: float = 240) -
     app = {"name": APP, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}
     if deployments:
         app["deployments"] = deployments
+    before = serve.status().applications.get(APP)
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
     deadline = time.monotonic() + timeout
     time.sleep(1)
     while time.monotonic() < deadline:
         status = serve.status().applications.get(APP)
-        if status is not None and status.status == "RUNNING" and all(
-                d.status == "HEALTHY" for d in status.deployments.values()):
+        # this config's deployment (not the previous one still running), every old replica gone
+        if (status is not None and status.status == "RUNNING"
+                and (before is None or status.last_deployed_time_s > before.last_deployed_time_s)
+                and all(d.status == "HEALTHY" and set(d.replica_states) <= {"RUNNING"}
+                        for d in status.deployments.values())):
             return
         if status is not None and status.status == "DEPLOY_FAILED":
             pytest.fail(f"deploy failed: {status.message}")
@@ -338,3 +345,67 @@ def test_reconfigure_reloads_running_replicas_in_place(served):
         _deploy(args, [{"name": "NER", "user_config": {"reload": "3"}}])
     after = client.get("/models").json()["ner"]
     assert after["labels"] == ["O", "B-X", "I-X"] and after["replica"] == before["replica"]
+
+
+# --------------------------------------------------------------------------- load (last: it redeploys the app)
+def _replicas(deployment: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP)
+    return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def test_backpressure_autoscaling_and_timeout(served):
+    """A burst beyond NER's queue answers 503 with Retry-After at once (never queues forever); load above
+    the target scales NER out to its max replicas and, once it stops, back in; an answer slower than
+    request_timeout_s is a 504. Every other request is answered normally."""
+    client, models = served["client"], served["models"]
+    ner = {"num_cpus": 0.5, "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+           "upscale_delay_s": 0, "downscale_delay_s": 2, "look_back_period_s": 2,
+           "max_ongoing_requests": 1, "max_queued_requests": 2,
+           "batch": {"max_batch_size": 1, "batch_wait_timeout_s": 0, "forward_batch_size": 4}}
+    _deploy(_args(models, ner=ner))
+    assert _replicas("NER") == 1
+    long_texts = [" ".join(f"palabra{i}{k}" for k in range(250)) for i in range(4)]  # ~70 windows: slow enough
+
+    def call(_=None) -> httpx.Response:
+        return _post(client, "/ner", {"texts": long_texts})
+
+    with ThreadPoolExecutor(24) as pool:
+        burst = list(pool.map(call, range(24)))
+    codes = [r.status_code for r in burst]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    refused = next(r for r in burst if r.status_code == 503)
+    assert refused.json()["error"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
+
+    # sustained load: four callers in a loop until the autoscaler has added the second replica
+    stop, seen = False, []
+
+    def keep_calling() -> None:
+        while not stop:
+            seen.append(call().status_code)
+
+    with ThreadPoolExecutor(4) as pool:
+        loaders = [pool.submit(keep_calling) for _ in range(4)]
+        try:
+            _wait_for(lambda: _replicas("NER") == 2, 60, "NER did not scale out to 2 replicas under load")
+        finally:
+            stop = True
+        for f in loaders:
+            f.result()
+    assert set(seen) <= {200, 503} and 200 in seen
+    _wait_for(lambda: _replicas("NER") == 1, 60, "NER did not scale back in to 1 replica after the load")
+    assert call().status_code == 200
+
+    _deploy(_args(models, request_timeout_s=0.001))
+    r = call()
+    assert r.status_code == 504 and r.json()["error"] == "timeout", r.text
+    assert client.get("/healthz").status_code == 200  # the ingress itself still answers at once
