@@ -21,16 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## corpus → tokenizer → tiny RoBERTa pretraining → NER fine-tuning on the shipped sample (local Ray)
-	$(PY) jobs/clean_corpus.py --config configs/corpus/sample.yaml
-	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/sample.yaml
-	$(PY) jobs/pretrain.py --config configs/pretrain/tiny-cpu.yaml
-	$(PY) jobs/finetune_ner.py --config configs/ner/tiny-cpu.yaml
-	$(PY) jobs/serve.py --config configs/serve/local.yaml --once
+demo: install  ## the whole chain on the shipped sample, local Ray: corpus → tokenizer → tiny RoBERTa → NER → champion aliases → one request to each served model
+	$(PY) jobs/pipeline.py --config configs/pipeline/demo.yaml
 	@echo "corpus report: artifacts/corpus-sample/report.md"
 	@echo "model: artifacts/pretrain/tiny-cpu/model (metrics: artifacts/pretrain/tiny-cpu/metrics.jsonl)"
 	@echo "NER: artifacts/ner/tiny-cpu/results.json (dev predictions: artifacts/ner/tiny-cpu/seed-42/dev_predictions.tsv)"
-	@echo "runs and the registered galeno-mlm: make mlflow-ui, then http://127.0.0.1:5000"
+	@echo "runs, galeno-mlm and galeno-ner-pharmaconer-sample with their champion aliases: make mlflow-ui, then http://127.0.0.1:5000"
 
 serve: install  ## the fill-mask and NER endpoints of the registered demo models at http://127.0.0.1:8000
 	$(PY) jobs/serve.py --config configs/serve/local.yaml

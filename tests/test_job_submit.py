@@ -1,18 +1,16 @@
-"""`ray job submit` of the pipeline against a real local Ray cluster (`ray start --head`).
-
-One submission runs the three jobs in a row — corpus, tokenizer, pretraining — the way a user
-chains them on a cluster (`ray job submit -- bash -c '...'`); every submission pays the runtime
-environment upload and a driver start, so one is cheaper than three.
+"""`ray job submit` of the whole pipeline (``jobs/pipeline.py``) against a real local Ray cluster
+(`ray start --head`): corpus → tokenizer → pretraining → NER → promotion → Serve, the way a user
+runs it on a cluster. One submission: each pays the runtime environment upload and a driver start.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from galeno import paths
 
@@ -22,26 +20,40 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_pipeline_under_ray_job_submit(ray_head, tmp_path):
     from tests.builders import tracked_run
+    from tests.conftest import free_port
     from tests.train.conftest import tiny_overrides
 
     ray_bin, address, env = ray_head
-    corpus, tokenizer, run = tmp_path / "corpus", tmp_path / "tokenizer", tmp_path / "run"
-    steps = [
-        ["python", "jobs/clean_corpus.py", "--source", "pharmaconer=conll:data/sample/pharmaconer/train.conll",
-         "--source", "crawl=jsonl:data/sample/crawl", "--output", str(corpus), "ray.progress_bars=false"],
-        ["python", "jobs/train_tokenizer.py", f"corpus={corpus}", f"output={tokenizer}", "vocab_size=600",
-         "max_length=64", "eval_fraction=0", "progress=false"],
-        ["python", "jobs/pretrain.py", *tiny_overrides(corpus, tokenizer, run, **{
+    corpus, tokenizer, run, ner = (tmp_path / d for d in ("corpus", "tokenizer", "run", "ner"))
+    pipeline = {
+        "corpus": {"config": [str(tmp_path / "corpus.yaml")]},
+        "tokenizer": {"overrides": [f"corpus={corpus}", f"output={tokenizer}", "vocab_size=600", "max_length=64",
+                                    "eval_fraction=0", "progress=false"]},
+        "pretrain": {"overrides": tiny_overrides(corpus, tokenizer, run, **{
             "trainer.num_workers": 2, "trainer.micro_batch": 4, "trainer.max_steps": 4, "trainer.eval_every": 2,
-            "trainer.checkpoint_every": 2})],
-    ]
-    script = " && ".join(shlex.join(step) for step in steps)
+            "trainer.checkpoint_every": 2})},
+        "ner": {"config": ["configs/ner/tiny-cpu.yaml"],
+                "overrides": [f"model={paths.model_export(run)}", f"output={ner}", "epochs=1", "data.max_length=64",
+                              "trainer.log_every=5"]},
+        "serve": {"config": ["configs/serve/local.yaml"],
+                  "overrides": [f"port={free_port()}", "fill_mask_model=models:/galeno-mlm@champion",
+                                "ner_model=models:/galeno-ner-pharmaconer-sample@champion", "max_length=64",
+                                "fill_mask.num_cpus=0.5", "ner.num_cpus=0.5"]},
+    }
+    (tmp_path / "corpus.yaml").write_text(yaml.safe_dump({
+        "output": str(corpus), "ray": {"progress_bars": False},
+        "sources": [{"name": "pharmaconer", "format": "conll", "path": "data/sample/pharmaconer/train.conll"},
+                    {"name": "crawl", "format": "jsonl", "path": "data/sample/crawl"}]}))
+    preset = tmp_path / "pipeline.yaml"
+    preset.write_text(yaml.safe_dump(pipeline))
     done = subprocess.run(
         [ray_bin, "job", "submit", "--address", address, "--runtime-env", "configs/ray/runtime-env.yaml", "--",
-         "bash", "-c", script],
+         "python", "jobs/pipeline.py", "--config", str(preset)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    logs = done.stdout + done.stderr
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "succeeded" in done.stdout + done.stderr
+    assert "succeeded" in logs
+    # every stage's output contract
     manifest = json.loads(paths.corpus_manifest(corpus).read_text())
     assert set(manifest["sources"]) == {"pharmaconer", "crawl"} and manifest["total"]["documents_out"] > 0
     assert (tokenizer / "tokenizer.json").is_file()
@@ -49,6 +61,19 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path):
     assert summary["steps"] == 4 and summary["val_loss"] > 0
     assert (paths.model_export(run) / "model.safetensors").is_file()
     assert (paths.train_storage(run) / "tiny-test" / "checkpoint-00000004").is_dir()
-    # the job tracked into the same store as this session (GALENO_HOME reaches the job's driver)
+    results = json.loads((ner / "results.json").read_text())
+    assert results["registered_model"].startswith("models:/galeno-ner-pharmaconer-sample/")
+    # the jobs tracked into the same store as this session (GALENO_HOME reaches the job's driver)
     _, mlrun = tracked_run(run)
     assert mlrun.data.tags["galeno.job"] == "pretrain" and summary["registered_model"].startswith("models:/galeno-mlm/")
+    # promotion moved the champion aliases to the versions just trained, and Serve answered from them
+    from mlflow import MlflowClient
+
+    from galeno.tracking import TrackingConfig, tracking_uri
+
+    client = MlflowClient(tracking_uri(TrackingConfig()))
+    for uri in (summary["registered_model"], results["registered_model"]):
+        name, version = uri[len("models:/"):].split("/")
+        assert str(client.get_model_version_by_alias(name, "champion").version) == version
+    assert "POST /fill-mask -> 200" in logs and "POST /ner -> 200" in logs
+    assert '"entities"' in logs
