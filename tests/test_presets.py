@@ -25,6 +25,9 @@ def stage_config(stage: str):
     if stage == "ner":
         from galeno.ner.config import NERConfig
         return NERConfig
+    if stage == "pipeline":
+        from galeno.pipeline import PipelineConfig
+        return PipelineConfig
     raise AssertionError(f"configs/{stage}/ has no config class: add it to tests/test_presets.py")
 
 
@@ -40,6 +43,10 @@ def test_preset_loads(preset: Path):
         return
     cfg = load(stage_config(preset.parent.name), preset)
     assert cfg is not None
+    if preset.parent.name == "pipeline":  # every stage's presets and overrides parse as its job's config
+        from galeno.pipeline import stage_outputs
+
+        assert set(stage_outputs(cfg)) == {"corpus", "tokenizer", "pretrain", "ner"}
     if preset.parent.name == "corpus":
         assert cfg.sources, "a corpus preset lists its sources"
         for src in cfg.sources:

@@ -78,7 +78,7 @@ def _job_config(cls: type, stage: StageConfig) -> Any:
     return parse_cli(cls, [arg for path in stage.config for arg in ("--config", path)] + list(stage.overrides))
 
 
-def _outputs(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+def stage_outputs(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     """Per stage: the folder it writes and the file that proves it finished (its output contract)."""
     from galeno import paths
     from galeno.corpus.config import CorpusConfig
@@ -119,7 +119,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     ``RuntimeError`` naming the stage whose job failed."""
     if not (JOBS / "pretrain.py").is_file():
         raise ConfigError(f"run the pipeline from the repo root: no {JOBS / 'pretrain.py'} under {Path.cwd()}")
-    outputs = _outputs(cfg)
+    outputs = stage_outputs(cfg)
     first, last = STAGES.index(cfg.start_from), STAGES.index(cfg.stop_after)
     for skipped in STAGES[:first]:
         done = outputs.get(skipped, {}).get("done")
