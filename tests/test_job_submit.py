@@ -29,9 +29,10 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path):
         "corpus": {"config": [str(tmp_path / "corpus.yaml")]},
         "tokenizer": {"overrides": [f"corpus={corpus}", f"output={tokenizer}", "vocab_size=600", "max_length=64",
                                     "eval_fraction=0", "progress=false"]},
+        # one Ray Train worker without DeepSpeed: 2 workers with DeepSpeed are tests/train/test_pretrain.py's
         "pretrain": {"overrides": tiny_overrides(corpus, tokenizer, run, **{
-            "trainer.num_workers": 2, "trainer.micro_batch": 4, "trainer.max_steps": 4, "trainer.eval_every": 2,
-            "trainer.checkpoint_every": 2})},
+            "trainer.num_workers": 1, "trainer.deepspeed": False, "trainer.micro_batch": 8, "trainer.max_steps": 4,
+            "trainer.eval_every": 2, "trainer.checkpoint_every": 2})},
         "ner": {"config": ["configs/ner/tiny-cpu.yaml"],
                 "overrides": [f"model={paths.model_export(run)}", f"output={ner}", "epochs=1", "data.max_length=64",
                               "trainer.log_every=5"]},
