@@ -73,9 +73,14 @@ class PipelineConfig:
             raise ValueError(f"start_from ({self.start_from}) comes after stop_after ({self.stop_after})")
 
 
+def _job_args(stage: StageConfig, *flags: str) -> list[str]:
+    """The stage job's arguments: its presets, ``flags``, then its overrides."""
+    return [arg for path in stage.config for arg in ("--config", path)] + list(flags) + list(stage.overrides)
+
+
 def _job_config(cls: type, stage: StageConfig) -> Any:
     """The stage's effective job config, parsed from the very arguments its job is given."""
-    return parse_cli(cls, [arg for path in stage.config for arg in ("--config", path)] + list(stage.overrides))
+    return parse_cli(cls, _job_args(stage))
 
 
 def stage_outputs(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
@@ -97,10 +102,7 @@ def stage_outputs(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
 
 
 def _command(script: str, stage: StageConfig, *flags: str) -> list[str]:
-    cmd = [sys.executable, str(JOBS / script)]
-    for path in stage.config:
-        cmd += ["--config", path]
-    return cmd + list(flags) + list(stage.overrides)
+    return [sys.executable, str(JOBS / script), *_job_args(stage, *flags)]
 
 
 def _registered(done: Path) -> tuple[str, str] | None:
@@ -157,7 +159,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         report["stages"][stage] = {"status": "ok" if not refused else "ok (alias kept: metric not better)",
                                    "seconds": seconds, **({"output": outputs[stage]["output"]} if stage in outputs else {})}
         if not ok:
-            report["stages"][stage]["status"] = f"failed (exit {max(codes)})"
             raise RuntimeError(f"the {stage} stage failed (exit status {max(codes)}); the stages before it are "
                                f"done: rerun with start_from={stage} once it is fixed")
         if stage in outputs and not outputs[stage]["done"].is_file():

@@ -98,20 +98,28 @@ def _deploy(args: dict, deployments: list | None = None, timeout: float = 240) -
         app["deployments"] = deployments
     before = serve.status().applications.get(APP)
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
-    deadline = time.monotonic() + timeout
-    time.sleep(1)
-    while time.monotonic() < deadline:
+
+    def running() -> bool:
         status = serve.status().applications.get(APP)
-        # this config's deployment (not the previous one still running), every old replica gone
-        if (status is not None and status.status == "RUNNING"
-                and (before is None or status.last_deployed_time_s > before.last_deployed_time_s)
-                and all(d.status == "HEALTHY" and set(d.replica_states) <= {"RUNNING"}
-                        for d in status.deployments.values())):
-            return
         if status is not None and status.status == "DEPLOY_FAILED":
             pytest.fail(f"deploy failed: {status.message}")
-        time.sleep(1)
-    pytest.fail(f"{APP} not running after {timeout:.0f} s: {serve.status().applications.get(APP)}")
+        # this config's deployment (not the previous one still running), every old replica gone
+        return (status is not None and status.status == "RUNNING"
+                and (before is None or status.last_deployed_time_s > before.last_deployed_time_s)
+                and all(d.status == "HEALTHY" and set(d.replica_states) <= {"RUNNING"}
+                        for d in status.deployments.values()))
+
+    time.sleep(1)
+    _wait_for(running, timeout, lambda: f"{APP} did not run this config: {serve.status().applications.get(APP)}")
+
+
+def _wait_for(predicate, timeout: float, what) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` with ``what`` (a text, or a callable giving one)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what() if callable(what) else what}: not within {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -353,14 +361,6 @@ def _replicas(deployment: str) -> int:
 
     app = serve.status().applications.get(APP)
     return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def test_backpressure_autoscaling_and_timeout(served):
