@@ -55,11 +55,13 @@ __all__ = ["ClinicalSentenceSplitter", "CLINICAL_ABBREVIATIONS", "NON_FINAL_ABBR
 #: Abbreviations that never end a sentence in Spanish clinical text: titles and forms of
 #: address, pointers to figures/pages/numbers, Latin connectives, and ``Ac.``/``Ag.``
 #: (anticuerpos/antígeno, ``ác.`` ácido), which always precede what they qualify
-#: (``Ac. Toxoplasma positivo``). Lowercase, with their
+#: (``Ac. Toxoplasma positivo``), and the street types of addresses (``Ctra. Nacional``,
+#: ``C/. Mayor``, ``Avd. Blasco Ibáñez``, ``Urb. Los Pinos``). Lowercase, with their
 #: final period; multi-word forms separated by one space.
 NON_FINAL_ABBREVIATIONS = frozenset("""
     dr. dra. dres. dras. sr. sra. sres. sras. srta. dña. dn. prof. profa. lic. ldo. lda.
-    ilmo. ilma. excmo. excma. sto. sta. avda. av. pza. dpto. hosp. serv. tel. tfno. telf.
+    ilmo. ilma. excmo. excma. sto. sta. dpto. hosp. serv. tel. tfno. telf.
+    avda. avd. av. ctra. crta. c/. pso. pº. pza. plza. urb. gral. cdad. ntra. nstra.
     fig. figs. pág. págs. núm. núms. nº. art. vs. cf. cfr. p.ej. ej. e.g. i.e.
     ac. acs. ag. ags. ác.
 """.split()) | {"p. ej.", "p. e.", "e. g.", "i. e."}
