@@ -10,9 +10,11 @@ import html
 import json
 
 FILL_MASK_EXAMPLE = "El único antecedente personal a reseñar era la <mask> arterial."
-NER_EXAMPLE = ("Mujer de 45 años con antecedentes de hipertensión arterial en tratamiento con enalapril "
-               "20 mg/día. Se detectó sobreexpresión de la proteína p53 en la biopsia hepática, y se inició "
-               "tratamiento con cisplatino.")
+#: A sentence of the PharmaCoNER sample's dev split (data/sample/pharmaconer/dev.conll, CC BY 4.0),
+#: with its tokens joined back as running text: the demo's tiny NER model tags some of it.
+NER_EXAMPLE = ("En la analítica de sangre destacaba fibrinógeno 478 mg/dL (150-450), VSG21 mm/hora (2-15), "
+               "urea 52 mg/dL (10-50), creatinina 1,4 mg/dL (0,6-1,2), LDH 446 U/L (0-288), "
+               "gonadotropinacoriónica humana 7 UI/L (0-5) y alfafetoproteína 2,2 kU/L (0,5-7).")
 
 _PAGE = """<!doctype html>
 <html lang="es">
