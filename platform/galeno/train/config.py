@@ -108,7 +108,8 @@ class TrainerConfig:
     deepspeed: bool = True
     """Wrap the model in a DeepSpeed engine; off: plain PyTorch (DDP under Ray when workers > 1)."""
     log_every: int = 10
-    """Report metrics to Ray Train every N steps (rank 0 writes every step to metrics.jsonl)."""
+    """Log a progress line every N steps (rank 0 writes every step to metrics.jsonl and MLflow; Ray
+    Train gets the evaluations and checkpoints)."""
     eval_every: int = 1000
     """Validation every N steps (and at the end); 0: only at the end."""
     eval_batches: int = 50

@@ -253,7 +253,8 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
                 "mfu": (tps * flops_per_token / (peak_tflops * 1e12 * world_size)) if peak_tflops else None,
                 "resumed_from_step": state.resumed_from}
             last = state.step == trainer.max_steps
-            if (trainer.eval_every and state.step % trainer.eval_every == 0) or last:
+            evaluated = bool(trainer.eval_every and state.step % trainer.eval_every == 0) or last
+            if evaluated:
                 metrics.update(evaluate(task, engine, val_batches(), device, trainer.seed, trainer.eval_batches))
                 value = metrics.get(target)
                 if value is not None and (state.best is None or (value > state.best if higher_better else value < state.best)):
@@ -278,7 +279,11 @@ def fit(task, engine, train_batches: Iterator[dict[str, Any]], val_batches: Call
                 if tracker is not None:
                     tracker.wake()  # send what the checkpoint covers before a failure could lose it
                 reporter.report(metrics, save=lambda d: engine.save(d, CHECKPOINT_TAG, asdict(state)))
-            elif state.step % trainer.log_every == 0:
+            elif evaluated:
+                # Only evaluations (what Ray Tune's schedulers act on) and checkpoints are reported to
+                # Ray: Ray Train V2 keeps no metrics-only reports, and each report waits for the
+                # controller's next poll (about 2 s, benchmarks/train_report.py). Every step's metrics
+                # go to metrics.jsonl and MLflow instead.
                 reporter.report(metrics)
             if rank == 0 and (state.step % trainer.log_every == 0 or last):
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", state.step, trainer.max_steps,
