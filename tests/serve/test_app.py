@@ -355,6 +355,49 @@ def test_reconfigure_reloads_running_replicas_in_place(served):
     assert after["labels"] == ["O", "B-X", "I-X"] and after["replica"] == before["replica"]
 
 
+def test_a_moved_alias_is_followed_with_no_failed_request(served):
+    """A replica serving models:/NAME@champion asks the registry every follow_alias_s where the alias
+    points. Moving it while callers keep sending requests swaps the new version into the *same* replica,
+    and every request is answered 200, by one version or the other. Redeploys the app (args change)."""
+    from galeno.registry import promote, register_model
+
+    client, models = served["client"], served["models"]
+    name = "galeno-ner-serve-test"
+    v1 = register_model(models["ner"], name, kind="ner")
+    v2 = register_model(models["ner2"], name, kind="ner")
+    promote(name, v1, force=True, reason="test")
+    _deploy(_args(models, ner_model=f"models:/{name}@champion", follow_alias_s=0.5))
+    before = client.get("/models").json()["ner"]
+    assert before["version"] == v1 and before["labels"] == ["O", "B-X", "I-X"]
+    text = "Dolor torácico intenso. Fiebre alta."
+    stop, answers = False, []
+
+    def keep_calling() -> None:
+        while not stop:
+            r = _post(client, "/ner", {"text": text})
+            answers.append((r.status_code, r.json().get("model", {}).get("version"),
+                            {e["label"] for e in r.json().get("entities", [])}))
+
+    with ThreadPoolExecutor(2) as pool:
+        callers = [pool.submit(keep_calling) for _ in range(2)]
+        try:
+            _wait_for(lambda: len(answers) >= 4, 30, "no answers before the move")
+            promote(name, v2, force=True, reason="test")
+            _wait_for(lambda: client.get("/models").json()["ner"]["version"] == v2, 30,
+                      "the replica did not follow the alias to the new version")
+            n = len(answers)
+            _wait_for(lambda: len(answers) >= n + 4, 30, "no answers after the move")
+        finally:
+            stop = True
+        for f in callers:
+            f.result()
+    assert {code for code, _, _ in answers} == {200}, answers
+    # each answer names the version that made it, and its labels are that version's
+    assert {(v, frozenset(labels)) for _, v, labels in answers} == {(v1, frozenset({"X"})), (v2, frozenset({"Y"}))}
+    after = client.get("/models").json()["ner"]
+    assert after["replica"] == before["replica"], "the replica was replaced instead of following the alias"
+
+
 # --------------------------------------------------------------------------- load (last: it redeploys the app)
 def _replicas(deployment: str) -> int:
     from ray import serve

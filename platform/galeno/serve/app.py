@@ -20,6 +20,8 @@ and nothing else does — a Serve config file's ``deployments: [{name: NER, user
 replicas, which resolve the URI again: a registry alias that moved loads its new version with no
 restart. A new ``serve.run`` (our job) or new application ``args`` change the application's code
 version instead, and Serve replaces the replicas (a rolling update); the new ones resolve too.
+Without either, a replica serving an alias (or ``latest``) asks the registry every
+``follow_alias_s`` where it points, and loads and swaps in a version the alias moved to.
 
 The FastAPI app is built per replica by ``__serve_build_asgi_app__`` (Serve's late-bound
 ``@serve.ingress()``), not at import: its body-size guard, error handlers and model headers
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import traceback
 from typing import Any, Optional
@@ -65,15 +68,54 @@ class _ModelDeployment:
         self.base = dict(model)
         self.loaded = None
         self.settings: dict[str, Any] = {}
+        self.user_config: dict[str, Any] = {}
+        self._lock = threading.Lock()  # Serve's reconfigure and the alias follower never load at once
+        self._follower: Optional[threading.Thread] = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """(Re)load the model: ``user_config`` (``reload``, and optionally ``model``, ``max_length``,
-        ``stride``) over the settings the deployment was built with. The URI is resolved again, so a
-        moved alias loads its new version; an alias that still points at the loaded version, with the
-        same settings, loads nothing. Serve calls this at start and whenever user_config changes."""
+        ``stride``, ``follow_alias_s``) over the settings the deployment was built with. The URI is
+        resolved again, so a moved alias loads its new version; an alias that still points at the
+        loaded version, with the same settings, loads nothing. Serve calls this at start and whenever
+        user_config changes; with ``follow_alias_s`` a thread also checks the alias that often."""
+        with self._lock:
+            self.user_config = dict(user_config or {})
+            self._load_current()
+        merged = {**self.base, **self.user_config}
+        if float(merged.get("follow_alias_s") or 0) > 0 and self._follower is None:
+            self._follower = threading.Thread(target=self._follow, name=f"{self.kind}-follow-alias", daemon=True)
+            self._follower.start()
+
+    def _follow(self) -> None:
+        """Every ``follow_alias_s``: one registry call; a moved alias loads its version (in this thread,
+        while the replica keeps answering from the loaded one) and is swapped in. A registry that cannot
+        be reached is logged and asked again next time; the loaded model stays."""
+        from galeno.serve.models import follows, registry_version
+
+        while True:
+            merged = {**self.base, **self.user_config}
+            every = float(merged.get("follow_alias_s") or 0)
+            if every <= 0:
+                self._follower = None
+                return
+            time.sleep(every)
+            if not follows(merged["model"]):
+                continue  # a user_config named a folder or a pinned version instead
+            try:
+                loaded = self.loaded.source if self.loaded else None
+                now = registry_version(merged["model"], merged.get("tracking_uri", ""))
+                if loaded is None or (loaded.name, loaded.version) != now:
+                    with self._lock:
+                        self._load_current()
+            except Exception as err:  # noqa: BLE001
+                log.warning("%s: following %s failed (%s); still serving the loaded version", self.kind,
+                            merged["model"], type(err).__name__)
+
+    def _load_current(self) -> None:
+        """Resolve the model URI now and load it unless it is what is loaded already (holding the lock)."""
         from galeno.serve.models import resolve_source
 
-        merged = {**self.base, **(user_config or {})}
+        merged = {**self.base, **self.user_config}
         source = resolve_source(merged["model"], merged.get("tracking_uri", ""), merged.get("cache", ""))
         settings = {k: v for k, v in merged.items() if k != "reload"}
         current = self.loaded.source if self.loaded else None
@@ -297,9 +339,12 @@ def _model_settings(cfg: ServeConfig, uri: str) -> dict[str, Any]:
     import os
 
     from galeno import paths
+    from galeno.serve.models import follows
     from galeno.tracking import tracking_uri
 
     out: dict[str, Any] = {"model": uri, "max_length": cfg.max_length, "stride": cfg.stride}
+    if follows(uri) and cfg.follow_alias_s > 0:
+        out["follow_alias_s"] = cfg.follow_alias_s
     if uri.startswith("models:/"):
         if cfg.tracking.tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
             out["tracking_uri"] = tracking_uri(cfg.tracking)

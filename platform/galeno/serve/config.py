@@ -146,6 +146,10 @@ class ServeConfig:
     """The model deployments' user_config: a new value makes replicas resolve their model URIs again
     (an alias that moved). Changed in a Serve config file's deployments override it reloads running
     replicas in place; through serve.run (this job) Serve replaces the replicas, rolling."""
+    follow_alias_s: float = 30.0
+    """How often (seconds) a model replica serving an alias or ``latest`` (models:/NAME@champion) asks the
+    registry where it points; when it moved, the replica loads the new version beside the old one and
+    swaps it in: no restart, no failed request. 0: never (then a new ``reload`` value resolves it again)."""
     app_name: str = "galeno"
     """Serve application name."""
     route_prefix: str = "/"
@@ -186,8 +190,8 @@ class ServeConfig:
             raise ValueError("route_prefix must start with /")
         if not 0 < self.port < 65536 or self.request_timeout_s <= 0:
             raise ValueError("port must be in 1..65535 and request_timeout_s > 0")
-        if self.max_length < 8 or self.stride < 0 or self.torch_threads < 0:
-            raise ValueError("max_length must be >= 8, stride and torch_threads >= 0")
+        if self.max_length < 8 or self.stride < 0 or self.torch_threads < 0 or self.follow_alias_s < 0:
+            raise ValueError("max_length must be >= 8, stride, torch_threads and follow_alias_s >= 0")
 
 
 def preset_overlay(data: dict[str, Any]) -> dict[str, Any]:

@@ -70,6 +70,19 @@ class ModelSource:
         return {"uri": self.uri, "name": self.name, "version": self.version}
 
 
+def follows(uri: str) -> bool:
+    """Does ``uri`` name a registry version that can change under it (an alias, or ``latest``)?"""
+    return uri.startswith("models:/") and not uri.rstrip("/").rsplit("/", 1)[-1].isdigit()
+
+
+def registry_version(uri: str, tracking_uri: str = "") -> tuple[str, str]:
+    """``(name, version)`` that a ``models:/`` URI points at now: one registry call, nothing downloaded."""
+    from galeno.registry import _parse_models_uri
+    from galeno.tracking import TrackingConfig, client
+
+    return _parse_models_uri(uri, client(TrackingConfig(tracking_uri=tracking_uri)))
+
+
 def resolve_source(uri: str, tracking_uri: str = "", cache: str = "") -> ModelSource:
     """Resolve ``uri`` now: an alias gives the version it points at *now* (a moved alias is picked up)."""
     if not uri.startswith("models:/"):
