@@ -8,9 +8,9 @@ TORCH_VERSION ?= 2.13.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo serve test test-extended test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
+.PHONY: install browser demo serve test test-extended test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
 help:
-	@echo "make demo | serve | test | test-fast | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
+	@echo "make demo | serve | test | test-fast | browser | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-pretrain: install  ## our training loop vs a plain Hugging Face Trainer (t
 
 test: install  ## everything CI runs
 	$(PY) -m pytest -q -ra --durations=15 -m "not extended" $(PYTEST_ARGS)
+
+browser:  ## Debian's chromium + chromium-driver for the Serve page test (root, apt; the test skips without them)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	    apt-get install -y --no-install-recommends chromium chromium-driver
 
 test-extended: install  ## the tests too slow for CI (the Ray Tune sweep)
 	$(PY) -m pytest -q -ra -m extended $(PYTEST_ARGS)

@@ -333,6 +333,69 @@ def test_healthz_models_page_and_openapi(served):
     assert "FillMaskRequest" in schema["components"]["schemas"]
 
 
+def _browser():
+    """Headless Debian chromium driven by Selenium (chromium-driver), or a skip naming what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install galeno[dev])")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+
+
+def _pixels(png: bytes, rgb: tuple[int, int, int], tolerance: int = 6) -> int:
+    """Pixels of a screenshot within ``tolerance`` of ``rgb`` on every channel."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return sum(n for n, c in image.getcolors(image.width * image.height)
+               if all(abs(a - b) <= tolerance for a, b in zip(c, rgb)))
+
+
+def test_the_page_in_headless_chromium(served, tmp_path):
+    """The try-it page in a real browser: a click sends the pre-filled NER example, the entities come back
+    highlighted inline at the API's offsets, a click on the fill-mask button fills the candidates table,
+    and a screenshot of the NER output shows the highlight colour."""
+    browser = _browser()  # skips first where selenium or chromium is missing
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from galeno.serve.page import NER_EXAMPLE
+
+    try:
+        browser.get(f"{served['client'].base_url}/")
+        browser.find_element(By.ID, "ner-go").click()
+        WebDriverWait(browser, 30).until(lambda b: "entidades" in b.find_element(By.ID, "ner-model").text)
+        # the test model tags every word B-X: one mark per word, each the word itself, labelled X
+        marks = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#ner-out mark'), m => [m.firstChild.textContent, "
+            "m.querySelector('small').textContent])")
+        assert marks == [[word, "X"] for word in WORD.findall(NER_EXAMPLE)]
+        shown = browser.execute_script(  # the output without the labels is the input, character for character
+            "const o = document.getElementById('ner-out').cloneNode(true); o.querySelectorAll('small')"
+            ".forEach(s => s.remove()); return o.textContent")
+        assert shown == NER_EXAMPLE
+        shot = browser.find_element(By.ID, "ner-out").screenshot_as_png
+        (tmp_path / "ner.png").write_bytes(shot)
+        assert _pixels(shot, (0xFF, 0xE0, 0x8A)) > 2000  # mark { background: #ffe08a }
+
+        browser.find_element(By.ID, "fm-go").click()
+        WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#fm-out tr")) == 6)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#fm-out tr")
+        assert rows[0].text.split() == ["token", "score", "secuencia"]
+        assert all("arterial." in r.text for r in rows[1:])  # each filled sequence is the example's
+        assert not browser.find_elements(By.CSS_SELECTOR, ".err")
+    finally:
+        browser.quit()
+
+
 def test_reconfigure_reloads_running_replicas_in_place(served):
     """A new user_config alone (a Serve config's deployments override) reconfigures the running replica:
     here it names another model; a new `reload` value makes it resolve the same URI again."""
