@@ -16,10 +16,17 @@ concurrent callers (threads; a caller sends its next request when the previous i
   what a single-process server does), with torch's default threads (all cores);
 * ``serve``: our application (``galeno.serve.app.build_app``) on local Ray over HTTP on loopback,
   one model replica with all cores, dynamic batching (max_batch_size 16, 10 ms wait);
-* ``serve-nobatch``: the same, max_batch_size 1.
+* ``serve-nobatch``: the same, max_batch_size 1;
+* ``serve-int8``: ``serve`` with the model replica's ``quantize: int8`` (dynamic int8 Linear layers;
+  its F1 is checked with ``jobs/evaluate_ner.py --quantize int8``, docs/benchmarks.md).
 
-Prints requests/s, p50 and p99 latency per arm and the ratios to the pipeline; the result and the
-command go to docs/benchmarks.md.
+With ``--throughput-optimized`` the Serve arms run a second time on a Ray started with
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray >= 2.56: direct gRPC between proxy and replicas, user
+code on the replica's event loop), named ``...+opt``.
+
+The pipeline arm runs first and again last (``pipeline-again``); the ratios are to the mean of the
+two. Prints requests/s, p50 and p99 latency per arm and those ratios; the result and the command go
+to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ def pipeline_arm(kind: str, model: str):
     return call
 
 
-def serve_arm(kind: str, models: dict[str, str], batch: int, port: int):
+def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = ""):
     import httpx
     from ray import serve
 
@@ -139,7 +146,7 @@ def serve_arm(kind: str, models: dict[str, str], batch: int, port: int):
     cores = os.cpu_count() or 1
     group = {"num_cpus": 1, "max_ongoing_requests": max(batch, 32), "max_queued_requests": 1000,
              "batch": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01 if batch > 1 else 0.0,
-                       "forward_batch_size": 32}}
+                       "forward_batch_size": 32}, "quantize": quantize}
     cfg = load(ServeConfig, None, extra={
         "fill_mask_model": models["mlm"] if kind == "fill-mask" else "",
         "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": cores, "max_length": 128,
@@ -162,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", metavar="FILE", help="write the results here too")
+    parser.add_argument("--throughput-optimized", action="store_true",
+                        help="run the Serve arms again on a Ray started with RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     args = parser.parse_args(argv)
 
     import ray
@@ -174,23 +183,35 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         mask = AutoTokenizer.from_pretrained(models["mlm"]).mask_token
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        for kind in args.kinds.split(","):
-            bodies = requests_for(kind, texts, mask)
+        kinds = args.kinds.split(",")
+        for kind in kinds:
             row = results.setdefault(kind, {})
             row["pipeline"] = drive(pipeline_arm(kind, models["mlm" if kind == "fill-mask" else "ner"]),
-                                    bodies, args.concurrency)
-            for arm, batch in (("serve", 16), ("serve-nobatch", 1)):
-                row[arm] = drive(serve_arm(kind, models, batch, args.port), bodies, args.concurrency)
-                serve.delete("bench")
+                                    requests_for(kind, texts, mask), args.concurrency)
+        for suffix in ("", "+opt") if args.throughput_optimized else ("",):
+            if suffix:
+                os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the proxy and replicas Ray starts now
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+            for kind in kinds:
+                for arm, batch, quantize in (("serve", 16, ""), ("serve-nobatch", 1, ""), ("serve-int8", 16, "int8")):
+                    results[kind][arm + suffix] = drive(serve_arm(kind, models, batch, args.port, quantize),
+                                                        requests_for(kind, texts, mask), args.concurrency)
+                    serve.delete("bench")
+            serve.shutdown()
+            ray.shutdown()
+        for kind in kinds:  # the baseline again after the Serve arms: the machine's drift shows
+            results[kind]["pipeline-again"] = drive(pipeline_arm(kind, models["mlm" if kind == "fill-mask" else "ner"]),
+                                                    requests_for(kind, texts, mask), args.concurrency)
+        for kind, row in results.items():
+            base = (row["pipeline"]["rps"] + row["pipeline-again"]["rps"]) / 2
+            for r in row.values():
+                r["x_pipeline"] = r["rps"] / base
             print(f"\n{kind}: {args.requests} requests, {args.concurrency} callers, {os.cpu_count()} cores")
-            print(f"{'arm':<15}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'x pipeline':>12}{'failed':>8}")
+            print(f"{'arm':<20}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'x pipeline':>12}{'failed':>8}")
             for arm, r in row.items():
-                print(f"{arm:<15}{r['rps']:>8.1f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}"
-                      f"{r['rps'] / row['pipeline']['rps']:>12.2f}{r['failures']:>8}")
-        serve.shutdown()
-        ray.shutdown()
+                print(f"{arm:<20}{r['rps']:>8.1f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}"
+                      f"{r['x_pipeline']:>12.2f}{r['failures']:>8}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -99,6 +99,10 @@ def test_the_loop_and_the_evaluation_job_agree(finetuned, shared_data, capsys):
     assert printed["default"]["f1"] == pytest.approx(seed["dev_f1"])  # the same scoring code as the job
     assert json.loads(capsys.readouterr().out)["strict"]["f1"] == pytest.approx(seed["dev_f1_strict"])
     assert set(printed["default"]["per_type"]) <= {"NORMALIZABLES", "NOTNORMALIZABLES", "PROTEINAS"}
+    # the model as a Serve replica with quantize: int8 runs it scores within a few points
+    int8 = evaluate_main(["--model", seed["model"], "--data", str(shared_data / "pharmaconer" / "dev.conll"),
+                          "--max-length", "64", "--quantize", "int8"])
+    assert int8["quantize"] == "int8" and int8["default"]["f1"] == pytest.approx(seed["dev_f1"], abs=0.05)
 
 
 def test_runs_are_tracked_and_the_model_registered(finetuned):

@@ -178,6 +178,30 @@ def test_model_code_offsets_windows_and_strategies(models):
     assert isinstance(two, InputError) and two.code == "too_many_masks"
 
 
+def test_int8_quantised_models_answer_like_the_saved_ones(models):
+    """quantize: int8 swaps every Linear layer for a dynamically quantised one; the answers keep their
+    structure (the biased test tagger still tags every word, fill-mask ranks close to the fp32 model)."""
+    import torch
+
+    from galeno.serve.models import ModelSource, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+
+    source = ModelSource(str(models["ner"]), str(models["ner"]))
+    ner = load_ner(source, max_length=64, quantize="int8")
+    assert ner.info()["quantize"] == "int8" and not any(
+        type(m) is torch.nn.Linear for m in ner.model.modules())  # noqa: E721 (exact type: subclasses are the quantised ones)
+    text = "Ácido acetilsalicílico 100 mg y enalapril."
+    ((entities,),) = ner_batch(ner, [([text], "simple")], stride=4)
+    _assert_entities(text, entities)
+    assert [e["text"] for e in entities] == WORD.findall(text)
+    mlm_source = ModelSource(str(models["mlm"]), str(models["mlm"]))
+    fp32, int8 = (fill_mask_batch(load_fill_mask(mlm_source, 64, quantize=q), [("la <mask> arterial.", 5)])[0]
+                  for q in ("", "int8"))
+    assert len(int8["candidates"]) == 5
+    assert fp32["candidates"][0]["score"] == pytest.approx(int8["candidates"][0]["score"], abs=0.05)
+    with pytest.raises(ValueError, match="quantize"):
+        load_ner(source, max_length=64, quantize="int4")
+
+
 def test_local_preset_is_a_serve_config_and_a_job_preset(models):
     from ray.serve.schema import ServeDeploySchema
 
@@ -202,6 +226,10 @@ def test_config_refuses_a_batch_larger_than_max_ongoing_requests():
 
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         load(ServeConfig, None, ["ner.max_ongoing_requests=4", "ner.batch.max_batch_size=8"])
+    with pytest.raises(ConfigError, match="CPU replicas"):
+        load(ServeConfig, None, ["ner.quantize=int8", "ner.num_gpus=1"])
+    with pytest.raises(ConfigError, match="quantize"):
+        load(ServeConfig, None, ["fill_mask.quantize=fp8"])
 
 
 # --------------------------------------------------------------------------- HTTP

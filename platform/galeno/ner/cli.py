@@ -66,6 +66,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stride", type=int, default=32, help="words shared by consecutive windows (default 32)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--quantize", choices=("", "int8"), default="",
+                        help="int8: score the model dynamically quantised, as a Serve replica with quantize: int8 runs it (CPU)")
     parser.add_argument("--write-brat", metavar="DIR", help="write predictions as brat .txt/.ann files")
     parser.add_argument("--write-table", metavar="FILE", help="write token TAB gold TAB predicted")
     parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
@@ -82,8 +84,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"no sentences in {args.data}")
     model_dir = resolve_model(args.model, TrackingConfig(tracking_uri=args.tracking_uri))
     result, predicted = evaluate(model_dir, docs, fmt, max_length=args.max_length, stride=args.stride,
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device, quantize=args.quantize)
     result["data"] = {"path": args.data, "format": fmt, **stats}
+    if args.quantize:
+        result["quantize"] = args.quantize
     if args.write_brat:
         result["brat_files"] = write_predictions_brat(docs, predicted, args.write_brat)
     if args.write_table:

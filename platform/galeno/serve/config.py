@@ -103,9 +103,16 @@ class ModelDeploymentConfig(DeploymentConfig):
 
     batch: BatchConfig = field(default_factory=BatchConfig)
     """How requests are batched for the model."""
+    quantize: str = ""
+    """"int8": dynamic int8 quantisation of the model's Linear layers (CPU replicas only); "": the
+    weights as saved. Check the F1 first (jobs/evaluate_ner.py --quantize int8; docs/serve.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.quantize not in ("", "int8"):
+            raise ValueError(f"quantize must be '' or 'int8', not {self.quantize!r}")
+        if self.quantize and self.num_gpus > 0:
+            raise ValueError("quantize: int8 is for CPU replicas; a GPU replica (num_gpus > 0) cannot use it")
         if self.max_ongoing_requests < self.batch.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch.max_batch_size "
                              f"({self.batch.max_batch_size}): a replica never holds more requests than that")

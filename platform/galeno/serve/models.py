@@ -106,7 +106,7 @@ def _device(want_gpu: bool):
     return torch.device("cuda" if want_gpu and torch.cuda.is_available() else "cpu")
 
 
-def _window_limit(model, tokenizer, max_length: int) -> int:
+def window_limit(model, tokenizer, max_length: int) -> int:
     """Sub-tokens the model takes, special tokens included: ours, the tokenizer's and the positions' limit."""
     positions = getattr(model.config, "max_position_embeddings", max_length) or max_length
     # RoBERTa numbers positions from padding_idx + 1: two fewer usable (harmless for BERT)
@@ -135,7 +135,31 @@ class Loaded:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)), **self.extra}
 
 
-def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False) -> Loaded:
+#: What ``quantize`` may name: "" (the weights as saved) or "int8".
+QUANTIZE = ("", "int8")
+
+
+def quantize_model(model, how: str, device=None):
+    """``model`` with its ``nn.Linear`` layers dynamically quantised to int8 (weights stored in int8,
+    activations quantised on the fly; ``torch.ao.quantization.quantize_dynamic``), for CPU inference;
+    ``how=""`` returns it unchanged. Check the F1 first: ``jobs/evaluate_ner.py --quantize int8``."""
+    if how not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, not {how!r}")
+    if not how:
+        return model
+    import warnings
+
+    import torch
+
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on CPU only; drop quantize for a GPU replica")
+    with warnings.catch_warnings():
+        # torch 2.13 marks its quantised tensor API deprecated; the kernels are unchanged
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "") -> Loaded:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
@@ -143,8 +167,10 @@ def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False)
         raise ValueError(f"{source.uri}: the tokenizer has no mask token; not a fill-mask model")
     device = _device(want_gpu)
     model = AutoModelForMaskedLM.from_pretrained(source.path, local_files_only=True).eval().to(device)
-    return Loaded("fill-mask", source, model, tokenizer, device, _window_limit(model, tokenizer, max_length),
-                  extra={"mask_token": tokenizer.mask_token, "specials": _specials(tokenizer)})
+    limit = window_limit(model, tokenizer, max_length)
+    return Loaded("fill-mask", source, quantize_model(model, quantize, device), tokenizer, device, limit,
+                  extra={"mask_token": tokenizer.mask_token, "specials": _specials(tokenizer),
+                         "quantize": quantize or None})
 
 
 def _specials(tokenizer) -> tuple[list[int], list[int]]:
@@ -158,7 +184,7 @@ def _specials(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError("cannot tell where the special tokens of this tokenizer go")
 
 
-def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False) -> Loaded:
+def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "") -> Loaded:
     from transformers import AutoModelForTokenClassification
 
     from galeno.corpus.sentences import ClinicalSentenceSplitter
@@ -168,8 +194,9 @@ def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False) -> Lo
     device = _device(want_gpu)
     model = AutoModelForTokenClassification.from_pretrained(source.path, local_files_only=True).eval().to(device)
     labels = [_bio(model.config.id2label[i]) for i in range(len(model.config.id2label))]
-    return Loaded("ner", source, model, tokenizer, device, _window_limit(model, tokenizer, max_length),
-                  extra={"labels": labels, "splitter": ClinicalSentenceSplitter()})
+    limit = window_limit(model, tokenizer, max_length)
+    return Loaded("ner", source, quantize_model(model, quantize, device), tokenizer, device, limit,
+                  extra={"labels": labels, "splitter": ClinicalSentenceSplitter(), "quantize": quantize or None})
 
 
 def _bio(label: str) -> str:
