@@ -3,7 +3,8 @@ evaluation job, the registered model and its structured predictions.
 
 The tiny model (2 layers, 64 wide, a 2,000-token BPE vocabulary trained on the slice) starts from
 random weights, the "untrained model" the fine-tuned one has to beat; it breaks out of predicting
-only O after about 300 steps at a constant learning rate of 1e-3. One Ray Train worker with both
+only O after about 300 steps at a constant learning rate of 1e-3. The loop runs on DeepSpeed
+(ZeRO-1), as pretraining does (tests/train/test_pretrain.py). One Ray Train worker with both
 cores: two workers on this 2-core machine take twice as long (DDP over gloo); several ranks
 evaluating different numbers of batches are tested in tests/train/test_loop.py.
 """
@@ -61,7 +62,8 @@ def finetuned(ray_local, shared_data, untrained, tmp_path_factory):
         f"data.dev={shared_data}/pharmaconer/dev.conll", f"data.train_sentences={SLICE}", "data.max_length=64",
         "data.group_by_length=true", "epochs=4", "optim.lr=1e-3", "optim.schedule=constant",
         "warmup_fraction=0.05", "trainer.global_batch=32", "trainer.micro_batch=32", "trainer.num_workers=1",
-        "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false"])
+        "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false",
+        "trainer.deepspeed=true", "trainer.zero_stage=1"])  # the shared loop's DeepSpeed engine, for NER too
     return out, run(cfg)
 
 
@@ -79,6 +81,8 @@ def test_fine_tuned_model_beats_the_untrained_one(finetuned, untrained, shared_d
     docs, _ = read_conll(shared_data / "pharmaconer" / "dev.conll")
     before = summary(evaluate(str(base), docs, "conll", max_length=64)[0])
     assert seed["dev_f1"] > before["dev_f1"] + 0.05
+    # the shared loop ran on its DeepSpeed engine (ZeRO-1): the optimizer shard is in the Ray Train checkpoint
+    assert list((out / "seed-42" / "ray").glob("*/checkpoint-*/state/zero_pp_rank_0_*optim_states.pt"))
     assert results["train_sentences"] == SLICE and results["dev_sentences"] == 1046
 
 
