@@ -106,6 +106,16 @@ def ner_worker(config: dict[str, Any]) -> None:
 
     cfg = from_dict(NERConfig, config["cfg"])
     job = config["job"]
+    if job.get("placement_group_file"):
+        from galeno.train.engine import world
+
+        if world()[0] == 0:  # a sweep trial: its driver removes this run's placement group when the trial ends
+            import ray.util
+
+            group = ray.util.get_current_placement_group()
+            if group is not None:
+                Path(job["placement_group_file"]).parent.mkdir(parents=True, exist_ok=True)
+                Path(job["placement_group_file"]).write_text(group.id.hex())
     with rank0_tracker(cfg.tracking, job.get("mlflow_run_id")) as tracker:
         _worker_body(cfg, job, RayReporter(), tracker)
 

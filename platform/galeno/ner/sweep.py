@@ -35,8 +35,50 @@ def _trial(space: dict[str, Any], base: dict[str, Any], job: dict[str, Any], tra
                               optim=dataclasses.replace(cfg.optim, lr=space["lr"]),
                               trainer=dataclasses.replace(cfg.trainer, global_batch=space["global_batch"]))
     cfg = derive(cfg, train_windows)
-    trial_dir = Path(cfg.output) / "sweep" / ray.tune.get_context().get_trial_name()
-    _ray_fit(cfg, {**job, "seed_dir": str(trial_dir), "mlflow_run_id": None}, callbacks=[TuneReportCallback()])
+    context = ray.tune.get_context()
+    trial_dir = Path(cfg.output) / "sweep" / context.get_trial_name()
+    _ray_fit(cfg, {**job, "seed_dir": str(trial_dir), "mlflow_run_id": None,
+                   "placement_group_file": str(_placement_group_file(cfg.output, context.get_trial_id()))},
+             callbacks=[TuneReportCallback()])
+
+
+def _placement_group_file(output: str | Path, trial_id: str) -> Path:
+    return Path(output) / "sweep" / "placement-groups" / f"{trial_id}.txt"
+
+
+def _release_callback(output: str | Path):
+    """A Tune callback that removes a finished trial's Ray Train placement group.
+
+    When Tune ends a trial (ASHA stops it, or it reaches ``max_t``) it kills the trial's actor, and
+    the Ray Train V2 run inside loses its controller before the controller removes its worker
+    group's placement group, which lives as long as the driver (ray-project/ray#54305). On a small
+    cluster the next trial's workers then wait for CPUs that no one uses, forever (the worker group
+    start times out and is retried). Rank 0 of each trial's run writes its placement group's id;
+    this callback removes it when the trial completes or fails.
+    """
+    from ray.tune import Callback
+
+    class ReleaseTrainPlacementGroups(Callback):
+        def _release(self, trial) -> None:
+            import ray.util
+            from ray._raylet import PlacementGroupID
+            from ray.util.placement_group import PlacementGroup
+
+            path = _placement_group_file(output, trial.trial_id)
+            if not path.is_file():
+                return
+            group = PlacementGroup(PlacementGroupID.from_hex(path.read_text().strip()))
+            if ray.util.placement_group_table(group).get("state") not in (None, "REMOVED"):
+                ray.util.remove_placement_group(group)
+                log.info("sweep: removed the placement group left by trial %s", trial.trial_id)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._release(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._release(trial)
+
+    return ReleaseTrainPlacementGroups()
 
 
 def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +105,8 @@ def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any]) -> dict[str,
         trainable, param_space=space,
         tune_config=ray.tune.TuneConfig(scheduler=scheduler, num_samples=sw.num_samples,
                                         max_concurrent_trials=sw.max_concurrent),
-        run_config=ray.tune.RunConfig(name=f"sweep-{cfg.task}", storage_path=str((out / "sweep" / "tune").resolve())))
+        run_config=ray.tune.RunConfig(name=f"sweep-{cfg.task}", storage_path=str((out / "sweep" / "tune").resolve()),
+                                      callbacks=[_release_callback(out.resolve())]))
     with job_run(cfg.tracking, "sweep_ner", out / "sweep", to_dict(cfg), run_name=f"ner-{cfg.task}-sweep") as tracker:
         grid = tuner.fit()
         trials = []
