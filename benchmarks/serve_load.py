@@ -14,6 +14,9 @@ concurrent callers (threads; a caller sends its next request when the previous i
 
 * ``pipeline``: ``transformers.pipeline`` called in this process, one request at a time (a lock;
   what a single-process server does), with torch's default threads (all cores);
+* ``pipeline-http``: the same pipeline behind a minimal threaded HTTP server (``http.server``) in
+  its own process, one request at a time: what one writes without Serve, called over HTTP as
+  Serve is;
 * ``serve``: our application (``galeno.serve.app.build_app``) on local Ray over HTTP on loopback,
   one model replica with all cores, dynamic batching (max_batch_size 16, 10 ms wait);
 * ``serve-nobatch``: the same, max_batch_size 1;
@@ -135,6 +138,55 @@ def pipeline_arm(kind: str, model: str):
     return call
 
 
+# A plain single-process HTTP server around transformers.pipeline: what one writes without Serve.
+_HTTP_SERVER = r"""
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from transformers import pipeline
+kind, model, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pipe = (pipeline("token-classification", model=model, aggregation_strategy="simple", device="cpu") if kind == "ner"
+        else pipeline("fill-mask", model=model, device="cpu"))
+lock = threading.Lock()
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with lock:
+            out = pipe(body["text"]) if kind == "ner" else pipe(body["text"], top_k=body["top_k"])
+        data = json.dumps(out, default=float).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def pipeline_http_arm(kind: str, model: str, port: int):
+    """``transformers.pipeline`` behind a minimal threaded HTTP server in its own process (one request
+    at a time through a lock): the HTTP-to-HTTP baseline. Returns the caller and the server process."""
+    import subprocess
+
+    import httpx
+
+    server = subprocess.Popen([sys.executable, "-c", _HTTP_SERVER, kind, model, str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if server.stdout.readline().strip() != "ready":
+        raise RuntimeError("the pipeline HTTP server did not start")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+
+    def call(body):
+        return client.post("/", json=body).status_code == 200
+
+    return call, server
+
+
 def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = ""):
     import httpx
     from ray import serve
@@ -186,8 +238,14 @@ def main(argv=None) -> int:
         kinds = args.kinds.split(",")
         for kind in kinds:
             row = results.setdefault(kind, {})
-            row["pipeline"] = drive(pipeline_arm(kind, models["mlm" if kind == "fill-mask" else "ner"]),
-                                    requests_for(kind, texts, mask), args.concurrency)
+            model = models["mlm" if kind == "fill-mask" else "ner"]
+            row["pipeline"] = drive(pipeline_arm(kind, model), requests_for(kind, texts, mask), args.concurrency)
+            call, server = pipeline_http_arm(kind, model, args.port + 1)
+            try:
+                row["pipeline-http"] = drive(call, requests_for(kind, texts, mask), args.concurrency)
+            finally:
+                server.terminate()
+                server.wait()
         for suffix in ("", "+opt") if args.throughput_optimized else ("",):
             if suffix:
                 os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the proxy and replicas Ray starts now
