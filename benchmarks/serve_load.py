@@ -172,23 +172,27 @@ def pipeline_http_arm(kind: str, model: str, port: int):
     at a time through a lock): the HTTP-to-HTTP baseline. Returns the caller and the server process."""
     import subprocess
 
-    import httpx
-
     server = subprocess.Popen([sys.executable, "-c", _HTTP_SERVER, kind, model, str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if server.stdout.readline().strip() != "ready":
         raise RuntimeError("the pipeline HTTP server did not start")
+    return http_caller(port, "/"), server
+
+
+def http_caller(port: int, path: str):
+    """A caller that POSTs a body to ``path`` on loopback over kept-alive connections; True on a 200."""
+    import httpx
+
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
 
     def call(body):
-        return client.post("/", json=body).status_code == 200
+        return client.post(path, json=body).status_code == 200
 
-    return call, server
+    return call
 
 
 def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = ""):
-    import httpx
     from ray import serve
 
     from galeno.config import load
@@ -204,14 +208,7 @@ def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize
         "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": cores, "max_length": 128,
         "port": port, "fill_mask": group, "ner": group})
     serve.run(build_app(cfg), name="bench", route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                          limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
-    path = "/ner" if kind == "ner" else "/fill-mask"
-
-    def call(body):
-        return client.post(path, json=body).status_code == 200
-
-    return call
+    return http_caller(port, "/ner" if kind == "ner" else "/fill-mask")
 
 
 def main(argv=None) -> int:

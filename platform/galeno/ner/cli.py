@@ -55,6 +55,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from galeno.ner.evaluate import evaluate, write_predictions_brat, write_predictions_table
     from galeno.registry import resolve_model
     from galeno.runtime import setup_logging
+    from galeno.serve.models import QUANTIZE
     from galeno.tracking import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="evaluate_ner.py", description=EVALUATE_USAGE,
@@ -66,7 +67,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stride", type=int, default=32, help="words shared by consecutive windows (default 32)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--quantize", choices=("", "int8"), default="",
+    parser.add_argument("--quantize", choices=QUANTIZE, default="",
                         help="int8: score the model dynamically quantised, as a Serve replica with quantize: int8 runs it (CPU)")
     parser.add_argument("--write-brat", metavar="DIR", help="write predictions as brat .txt/.ann files")
     parser.add_argument("--write-table", metavar="FILE", help="write token TAB gold TAB predicted")

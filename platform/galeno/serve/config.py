@@ -109,8 +109,10 @@ class ModelDeploymentConfig(DeploymentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quantize not in ("", "int8"):
-            raise ValueError(f"quantize must be '' or 'int8', not {self.quantize!r}")
+        from galeno.serve.models import QUANTIZE
+
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, not {self.quantize!r}")
         if self.quantize and self.num_gpus > 0:
             raise ValueError("quantize: int8 is for CPU replicas; a GPU replica (num_gpus > 0) cannot use it")
         if self.max_ongoing_requests < self.batch.max_batch_size:
