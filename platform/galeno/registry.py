@@ -250,16 +250,25 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
 
 
 # --------------------------------------------------------------------------- loading by URI
-def _parse_models_uri(uri: str, mc) -> tuple[str, str]:
-    """``models:/NAME/N``, ``models:/NAME/latest`` or ``models:/NAME@alias`` as (name, version)."""
+def split_models_uri(uri: str) -> tuple[str, str, str]:
+    """``(name, reference, kind)`` of ``models:/NAME/N`` (kind ``version``), ``models:/NAME/latest``
+    (``latest``) or ``models:/NAME@alias`` (``alias``), without asking the registry."""
     rest = uri.removeprefix("models:/").strip("/")
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        return name, str(mc.get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.rpartition("/")
+        return name, alias, "alias"
+    name, _, reference = rest.rpartition("/")
     if not name:
         raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    if version == "latest":
+    return name, reference, "latest" if reference == "latest" else "version"
+
+
+def _parse_models_uri(uri: str, mc) -> tuple[str, str]:
+    """``models:/NAME/N``, ``models:/NAME/latest`` or ``models:/NAME@alias`` as (name, version)."""
+    name, version, kind = split_models_uri(uri)
+    if kind == "alias":
+        return name, str(mc.get_model_version_by_alias(name, version).version)
+    if kind == "latest":
         found = mc.search_model_versions(f"name = '{name}'")
         if not found:
             raise ValueError(f"{uri!r}: {name} has no versions")

@@ -72,7 +72,9 @@ class ModelSource:
 
 def follows(uri: str) -> bool:
     """Does ``uri`` name a registry version that can change under it (an alias, or ``latest``)?"""
-    return uri.startswith("models:/") and not uri.rstrip("/").rsplit("/", 1)[-1].isdigit()
+    from galeno.registry import split_models_uri
+
+    return uri.startswith("models:/") and split_models_uri(uri)[2] != "version"
 
 
 def registry_version(uri: str, tracking_uri: str = "") -> tuple[str, str]:
