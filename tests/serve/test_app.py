@@ -202,6 +202,42 @@ def test_int8_quantised_models_answer_like_the_saved_ones(models):
         load_ner(source, max_length=64, quantize="int4")
 
 
+def test_bfloat16_models_and_the_fill_mask_head_on_the_mask_alone(models):
+    """dtype bfloat16 casts the model and the answers keep their structure; fill-mask runs its head on
+    the mask's position alone and gets what the full forward pass gives there."""
+    import numpy as np
+    import torch
+
+    from galeno.serve.models import (ModelSource, _forward, _mlm_parts, fill_mask_batch, load_fill_mask, load_ner,
+                                     ner_batch)
+
+    source = ModelSource(str(models["ner"]), str(models["ner"]))
+    ner = load_ner(source, max_length=64, dtype="bfloat16")
+    assert ner.info()["dtype"] == "bfloat16" and {p.dtype for p in ner.model.parameters()} == {torch.bfloat16}
+    text = "Ácido acetilsalicílico 100 mg y enalapril."
+    ((entities,),) = ner_batch(ner, [([text], "simple")], stride=4)
+    _assert_entities(text, entities)
+    assert [e["text"] for e in entities] == WORD.findall(text)
+
+    mlm_source = ModelSource(str(models["mlm"]), str(models["mlm"]))
+    mlm = load_fill_mask(mlm_source, 64)
+    assert _mlm_parts(mlm.model) is not None  # RobertaForMaskedLM: roberta + lm_head
+    ids = mlm.tokenizer(["la <mask> arterial.", "El <mask> es largo, más largo que el otro."])["input_ids"]
+    positions = [row.index(mlm.tokenizer.mask_token_id) for row in ids]
+    full = _forward(mlm, ids, chunk=2)
+    alone = _forward(mlm, ids, chunk=2, positions=positions)
+    for row, at, one in zip(full, positions, alone):
+        np.testing.assert_allclose(row[at], one, atol=1e-6)
+    fp32, bf16 = (fill_mask_batch(load_fill_mask(mlm_source, 64, dtype=d), [("la <mask> arterial.", 5)])[0]
+                  for d in ("", "bfloat16"))
+    assert len(bf16["candidates"]) == 5
+    assert fp32["candidates"][0]["score"] == pytest.approx(bf16["candidates"][0]["score"], abs=0.05)
+    with pytest.raises(ValueError, match="GPU replicas"):
+        load_ner(source, max_length=64, dtype="float16")  # a CPU replica
+    with pytest.raises(ValueError, match="cannot be combined"):
+        load_ner(source, max_length=64, quantize="int8", dtype="bfloat16")
+
+
 def test_local_preset_is_a_serve_config_and_a_job_preset(models):
     from ray.serve.schema import ServeDeploySchema
 
@@ -230,6 +266,11 @@ def test_config_refuses_a_batch_larger_than_max_ongoing_requests():
         load(ServeConfig, None, ["ner.quantize=int8", "ner.num_gpus=1"])
     with pytest.raises(ConfigError, match="quantize"):
         load(ServeConfig, None, ["fill_mask.quantize=fp8"])
+    with pytest.raises(ConfigError, match="GPU replicas"):
+        load(ServeConfig, None, ["ner.dtype=float16"])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load(ServeConfig, None, ["ner.dtype=bfloat16", "ner.quantize=int8"])
+    assert load(ServeConfig, None, ["ner.dtype=float16", "ner.num_gpus=1"]).ner.dtype == "float16"
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -55,7 +55,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from galeno.ner.evaluate import evaluate, write_predictions_brat, write_predictions_table
     from galeno.registry import resolve_model
     from galeno.runtime import setup_logging
-    from galeno.serve.models import QUANTIZE
+    from galeno.serve.models import DTYPES, QUANTIZE, check_precision
     from galeno.tracking import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="evaluate_ner.py", description=EVALUATE_USAGE,
@@ -69,12 +69,22 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="",
                         help="int8: score the model dynamically quantised, as a Serve replica with quantize: int8 runs it (CPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default="",
+                        help="score the model cast to this type, as a Serve replica with that dtype runs it")
     parser.add_argument("--write-brat", metavar="DIR", help="write predictions as brat .txt/.ann files")
     parser.add_argument("--write-table", metavar="FILE", help="write token TAB gold TAB predicted")
     parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
+    import torch
+
     from galeno.ner.data import _detect
+
+    gpu = args.device.startswith("cuda") or (not args.device and not args.quantize and torch.cuda.is_available())
+    try:
+        check_precision(args.quantize, args.dtype, gpu)  # the device evaluate() picks
+    except ValueError as err:
+        parser.error(str(err))
 
     fmt = args.format or _detect(args.data)
     try:
@@ -85,10 +95,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"no sentences in {args.data}")
     model_dir = resolve_model(args.model, TrackingConfig(tracking_uri=args.tracking_uri))
     result, predicted = evaluate(model_dir, docs, fmt, max_length=args.max_length, stride=args.stride,
-                                 batch_size=args.batch_size, device=args.device, quantize=args.quantize)
+                                 batch_size=args.batch_size, device=args.device, quantize=args.quantize,
+                                 dtype=args.dtype)
     result["data"] = {"path": args.data, "format": fmt, **stats}
-    if args.quantize:
-        result["quantize"] = args.quantize
+    result.update({k: v for k, v in (("quantize", args.quantize), ("dtype", args.dtype)) if v})
     if args.write_brat:
         result["brat_files"] = write_predictions_brat(docs, predicted, args.write_brat)
     if args.write_table:

@@ -42,17 +42,18 @@ def score(docs: Sequence[NERDocument], predicted: Sequence[Sequence[str]], fmt: 
 
 
 def evaluate(model_dir: str, docs: Sequence[NERDocument], fmt: str, *, max_length: int = 512, stride: int = 32,
-             batch_size: int = 32, device: str = "", quantize: str = "") -> tuple[dict[str, Any], list[list[str]]]:
+             batch_size: int = 32, device: str = "", quantize: str = "",
+             dtype: str = "") -> tuple[dict[str, Any], list[list[str]]]:
     """Predict every sentence of ``docs`` with the model in ``model_dir`` and score it; ``quantize="int8"``
-    scores the model as a Serve replica with ``quantize: int8`` runs it (on CPU)."""
+    or ``dtype="bfloat16"`` score the model as a Serve replica with that setting runs it."""
     import torch
 
     from galeno.ner.task import predict
-    from galeno.serve.models import quantize_model, window_limit
+    from galeno.serve.models import prepare_model, window_limit
 
     model, tokenizer = load_model(model_dir)
     dev = torch.device(device or ("cpu" if quantize else "cuda" if torch.cuda.is_available() else "cpu"))
-    model = quantize_model(model.eval(), quantize, dev)
+    model = prepare_model(model.eval(), dev, quantize, dtype)
     max_length = window_limit(model, tokenizer, max_length)  # a model with 128 positions gets 128-token windows
     sentences = [s for d in docs for s in d.sentences]
     predicted = predict(model, tokenizer, sentences, max_length=max_length, stride=stride,

@@ -123,12 +123,13 @@ class _ModelDeployment:
                 and (current.name, current.version) == (source.name, source.version)):
             return
         # built aside and swapped in one assignment: batches running now finish on the old model
-        self.loaded = self._load(source, int(merged.get("max_length", 512)), str(merged.get("quantize") or ""))
+        self.loaded = self._load(source, int(merged.get("max_length", 512)), str(merged.get("quantize") or ""),
+                                 str(merged.get("dtype") or ""))
         self.settings = settings
         log.info("%s replica loaded %s (%s)", self.kind, source.uri,
                  f"{source.name} version {source.version}" if source.version else source.path)
 
-    def _load(self, source, max_length: int, quantize: str):
+    def _load(self, source, max_length: int, quantize: str, dtype: str):
         raise NotImplementedError
 
     def _run(self, loaded, items: list) -> list:
@@ -188,10 +189,10 @@ class FillMask(_ModelDeployment):
 
     kind = "fill-mask"
 
-    def _load(self, source, max_length, quantize):
+    def _load(self, source, max_length, quantize, dtype):
         from galeno.serve.models import load_fill_mask
 
-        return load_fill_mask(source, max_length, self.want_gpu, quantize)
+        return load_fill_mask(source, max_length, self.want_gpu, quantize, dtype)
 
     def _run(self, loaded, items):
         from galeno.serve.models import fill_mask_batch
@@ -209,10 +210,10 @@ class NER(_ModelDeployment):
 
     kind = "ner"
 
-    def _load(self, source, max_length, quantize):
+    def _load(self, source, max_length, quantize, dtype):
         from galeno.serve.models import load_ner
 
-        return load_ner(source, max_length, self.want_gpu, quantize)
+        return load_ner(source, max_length, self.want_gpu, quantize, dtype)
 
     def _run(self, loaded, items):
         from galeno.serve.models import ner_batch
@@ -372,8 +373,7 @@ def build_app(cfg: ServeConfig):
         # user_config is never empty (Serve calls reconfigure, which loads the model, only when it is set);
         # a Serve config file's `deployments: [{name: NER, user_config: {reload: "2"}}]` reloads in place
         settings = _model_settings(cfg, uri)
-        if group.quantize:
-            settings["quantize"] = group.quantize
+        settings.update({k: v for k, v in (("quantize", group.quantize), ("dtype", group.dtype)) if v})
         handles[key] = deployment.options(user_config={"reload": cfg.reload}, **group.options()).bind(
             settings, batch, cfg.torch_threads, want_gpu[key])
     settings = {"request_timeout_s": cfg.request_timeout_s, "aggregation_strategy": cfg.aggregation_strategy,

@@ -106,15 +106,15 @@ class ModelDeploymentConfig(DeploymentConfig):
     quantize: str = ""
     """"int8": dynamic int8 quantisation of the model's Linear layers (CPU replicas only); "": the
     weights as saved. Check the F1 first (jobs/evaluate_ner.py --quantize int8; docs/serve.md)."""
+    dtype: str = ""
+    """The model's float type: "" (as saved), "float32", "bfloat16" (CPUs with AMX or AVX512-BF16, and
+    GPUs), "float16" (GPU replicas). Check the F1 first (jobs/evaluate_ner.py --dtype bfloat16)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from galeno.serve.models import QUANTIZE
+        from galeno.serve.models import check_precision
 
-        if self.quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {QUANTIZE}, not {self.quantize!r}")
-        if self.quantize and self.num_gpus > 0:
-            raise ValueError("quantize: int8 is for CPU replicas; a GPU replica (num_gpus > 0) cannot use it")
+        check_precision(self.quantize, self.dtype, self.num_gpus > 0)
         if self.max_ongoing_requests < self.batch.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch.max_batch_size "
                              f"({self.batch.max_batch_size}): a replica never holds more requests than that")

@@ -34,10 +34,13 @@ mean of its words' scores:
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
 
 #: The mask as clients write it, whatever the tokenizer's own mask token is.
 MASK = "<mask>"
@@ -139,29 +142,60 @@ class Loaded:
 
 #: What ``quantize`` may name: "" (the weights as saved) or "int8".
 QUANTIZE = ("", "int8")
+#: What ``dtype`` may name: "" (the dtype as saved: float32 for the models we train) or a torch float type.
+DTYPES = ("", "float32", "bfloat16", "float16")
 
 
-def quantize_model(model, how: str, device=None):
-    """``model`` with its ``nn.Linear`` layers dynamically quantised to int8 (weights stored in int8,
-    activations quantised on the fly; ``torch.ao.quantization.quantize_dynamic``), for CPU inference;
-    ``how=""`` returns it unchanged. Check the F1 first: ``jobs/evaluate_ner.py --quantize int8``."""
-    if how not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE}, not {how!r}")
-    if not how:
+def check_precision(quantize: str, dtype: str, gpu: bool) -> None:
+    """Refuse a ``quantize``/``dtype`` pair that a replica (``gpu``: on a GPU) cannot run."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, not {quantize!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    if quantize and gpu:
+        raise ValueError("quantize: int8 is for CPU replicas; a GPU replica (num_gpus > 0) cannot use it")
+    if quantize and dtype not in ("", "float32"):
+        raise ValueError(f"quantize: int8 quantises a float32 model; it cannot be combined with dtype {dtype}")
+    if dtype == "float16" and not gpu:
+        raise ValueError("dtype float16 is for GPU replicas; a CPU replica uses bfloat16")
+
+
+def prepare_model(model, device, quantize: str = "", dtype: str = ""):
+    """``model`` as a replica runs it on ``device``: cast to ``dtype`` (bfloat16 uses the AMX/AVX512-BF16
+    units of recent CPUs, float16 is for GPUs), or with its ``nn.Linear`` layers dynamically quantised
+    to int8 (``quantize="int8"``: weights stored in int8, activations quantised on the fly;
+    ``torch.ao.quantization.quantize_dynamic``, CPU only); unchanged when both are empty. Check the
+    F1 first: ``jobs/evaluate_ner.py --dtype bfloat16`` / ``--quantize int8``."""
+    import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    check_precision(quantize, dtype, device.type != "cpu")
+    if dtype:
+        if dtype == "bfloat16" and device.type == "cpu" and not _cpu_has_bf16():
+            log.warning("this CPU has no native bfloat16 (AVX512-BF16 or AMX): dtype bfloat16 will run slower "
+                        "than float32 here")
+        model = model.to(getattr(torch, dtype))
+    if not quantize:
         return model
     import warnings
 
-    import torch
-
-    if device is not None and torch.device(device).type != "cpu":
-        raise ValueError("int8 dynamic quantisation runs on CPU only; drop quantize for a GPU replica")
     with warnings.catch_warnings():
         # torch 2.13 marks its quantised tensor API deprecated; the kernels are unchanged
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "") -> Loaded:
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private torch API: if it is gone, do not warn
+        return True
+
+
+def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "",
+                   dtype: str = "") -> Loaded:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
@@ -170,9 +204,9 @@ def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False,
     device = _device(want_gpu)
     model = AutoModelForMaskedLM.from_pretrained(source.path, local_files_only=True).eval().to(device)
     limit = window_limit(model, tokenizer, max_length)
-    return Loaded("fill-mask", source, quantize_model(model, quantize, device), tokenizer, device, limit,
+    return Loaded("fill-mask", source, prepare_model(model, device, quantize, dtype), tokenizer, device, limit,
                   extra={"mask_token": tokenizer.mask_token, "specials": _specials(tokenizer),
-                         "quantize": quantize or None})
+                         "quantize": quantize or None, "dtype": dtype or None})
 
 
 def _specials(tokenizer) -> tuple[list[int], list[int]]:
@@ -186,7 +220,8 @@ def _specials(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError("cannot tell where the special tokens of this tokenizer go")
 
 
-def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "") -> Loaded:
+def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "",
+             dtype: str = "") -> Loaded:
     from transformers import AutoModelForTokenClassification
 
     from galeno.corpus.sentences import ClinicalSentenceSplitter
@@ -197,8 +232,9 @@ def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quant
     model = AutoModelForTokenClassification.from_pretrained(source.path, local_files_only=True).eval().to(device)
     labels = [_bio(model.config.id2label[i]) for i in range(len(model.config.id2label))]
     limit = window_limit(model, tokenizer, max_length)
-    return Loaded("ner", source, quantize_model(model, quantize, device), tokenizer, device, limit,
-                  extra={"labels": labels, "splitter": ClinicalSentenceSplitter(), "quantize": quantize or None})
+    return Loaded("ner", source, prepare_model(model, device, quantize, dtype), tokenizer, device, limit,
+                  extra={"labels": labels, "splitter": ClinicalSentenceSplitter(), "quantize": quantize or None,
+                         "dtype": dtype or None})
 
 
 def _bio(label: str) -> str:
@@ -213,12 +249,16 @@ def public_info(loaded: Optional[Loaded]) -> Optional[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- forward passes
-def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int):
+def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int,
+             positions: Optional[Sequence[int]] = None):
     """Softmax probabilities of every sequence (a list of [length, classes] float arrays), computed in
-    chunks of ``chunk`` sequences sorted by length so that each chunk pads little."""
+    chunks of ``chunk`` sequences sorted by length so that each chunk pads little. With ``positions``
+    (one per sequence), only that position's probabilities ([classes]): a masked LM then runs its
+    head on that position alone (see :func:`_mlm_parts`), not on every position of the batch."""
     import torch
 
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    parts = _mlm_parts(loaded.model) if positions is not None else None
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[Any] = [None] * len(sequences)
     with torch.inference_mode():
@@ -230,11 +270,30 @@ def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int):
             for row, i in enumerate(idx):
                 ids[row, :len(sequences[i])] = torch.tensor(list(sequences[i]), dtype=torch.long)
                 attention[row, :len(sequences[i])] = 1
-            logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=attention.to(loaded.device)).logits
+            ids, attention = ids.to(loaded.device), attention.to(loaded.device)
+            if positions is None:
+                logits = loaded.model(input_ids=ids, attention_mask=attention).logits
+            else:
+                at = (torch.arange(len(idx), device=ids.device),
+                      torch.tensor([positions[i] for i in idx], device=ids.device))
+                if parts is not None:
+                    logits = parts[1](parts[0](input_ids=ids, attention_mask=attention).last_hidden_state[at])
+                else:
+                    logits = loaded.model(input_ids=ids, attention_mask=attention).logits[at]
             probs = logits.float().softmax(-1).cpu().numpy()
             for row, i in enumerate(idx):
-                out[i] = probs[row, :len(sequences[i])]
+                out[i] = probs[row, :len(sequences[i])] if positions is None else probs[row]
     return out
+
+
+def _mlm_parts(model):
+    """(encoder, head) of a Hugging Face masked LM (``roberta`` + ``lm_head``, ``bert`` + ``cls``, ...):
+    the model's base model and its one other child, or None where the model is not built that way."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        return None
+    heads = [child for child in model.children() if child is not base]
+    return (base, heads[0]) if len(heads) == 1 else None
 
 
 # --------------------------------------------------------------------------- fill-mask
@@ -297,12 +356,12 @@ def fill_mask_batch(loaded: Loaded, items: Sequence[tuple[str, int]], chunk: int
         except InputError as err:
             out[i] = err
     keys = list(prepared)
-    probs = _forward(loaded, [prepared[i][0] for i in keys], chunk)
+    probs = _forward(loaded, [prepared[i][0] for i in keys], chunk, positions=[prepared[i][1] for i in keys])
     special = np.array(sorted(set(loaded.tokenizer.all_special_ids)), dtype=np.int64)
     for i, p in zip(keys, probs):
         text, top_k = items[i]
-        _, position, span = prepared[i]
-        scores = p[position].copy()
+        span = prepared[i][2]
+        scores = p.copy()
         scores[special[special < len(scores)]] = -1.0  # a filler is never <s>, <pad>, ...
         best = np.argsort(-scores)[:top_k]
         candidates = []
