@@ -62,3 +62,12 @@ def test_ray_runtime_env_ships_the_package():
     env = yaml.safe_load((REPO / "configs" / "ray" / "runtime-env.yaml").read_text())
     assert env["working_dir"] == "."
     assert (REPO / env["py_modules"][0] / "__init__.py").exists()
+
+
+def test_ner_reproduce_recipe_clips_gradients_as_the_published_fine_tuning_did():
+    """The defaults are the published recipe, run with the Hugging Face Trainer: its max_grad_norm is 1.0."""
+    from galeno.ner.config import NERConfig
+
+    cfg = load(NERConfig, REPO / "configs" / "ner" / "pharmaconer.yaml")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps, cfg.optim.grad_clip) == (5e-5, 0.0, 0, 1.0)
+    assert (cfg.trainer.global_batch, cfg.epochs, cfg.data.max_length) == (16, 10, 512)

@@ -60,7 +60,7 @@ def finetuned(ray_local, shared_data, untrained, tmp_path_factory):
     cfg = load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
         f"model={untrained}", f"output={out}", f"data.train={shared_data}/pharmaconer/train.conll",
         f"data.dev={shared_data}/pharmaconer/dev.conll", f"data.train_sentences={SLICE}", "data.max_length=64",
-        "data.group_by_length=true", "epochs=4", "optim.lr=1e-3", "optim.schedule=constant",
+        "data.group_by_length=true", "epochs=4", "optim.lr=1e-3", "optim.schedule=constant", "optim.grad_clip=0",
         "warmup_fraction=0.05", "trainer.global_batch=32", "trainer.micro_batch=32", "trainer.num_workers=1",
         "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false",
         "trainer.deepspeed=true", "trainer.zero_stage=1"])  # the shared loop's DeepSpeed engine, for NER too
@@ -107,6 +107,9 @@ def test_the_loop_and_the_evaluation_job_agree(finetuned, shared_data, capsys):
     int8 = evaluate_main(["--model", seed["model"], "--data", str(shared_data / "pharmaconer" / "dev.conll"),
                           "--max-length", "64", "--quantize", "int8"])
     assert int8["quantize"] == "int8" and int8["default"]["f1"] == pytest.approx(seed["dev_f1"], abs=0.05)
+    bf16 = evaluate_main(["--model", seed["model"], "--data", str(shared_data / "pharmaconer" / "dev.conll"),
+                          "--max-length", "64", "--device", "cpu", "--dtype", "bfloat16"])
+    assert bf16["dtype"] == "bfloat16" and bf16["default"]["f1"] == pytest.approx(seed["dev_f1"], abs=0.05)
 
 
 def test_runs_are_tracked_and_the_model_registered(finetuned):

@@ -53,6 +53,30 @@ def test_train_batches_give_every_rank_the_same_count_and_group_by_length_cuts_p
     assert firsts[0] != firsts[1]  # a new order every epoch
 
 
+def test_weight_by_tokens_scales_each_batch_loss_by_its_labelled_tokens(rows, tmp_path, roberta_tokenizer):
+    """Grouped batches of short windows weigh less: loss_scale is a batch's labelled tokens over the
+    epoch's mean batch, so the scales average 1, and the task multiplies the batch loss by it."""
+    _, labels, encoded = rows
+    path = write_rows(encoded, tmp_path / "train.parquet")
+    batches = list(train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=0, group_by_length=True,
+                                 weight_by_tokens=True))
+    labelled = [sum(1 for row in b["labels"] for tag in row if tag != IGNORE) for b in batches]
+    scales = [b["loss_scale"] for b in batches]
+    assert sum(scales) / len(scales) == pytest.approx(1.0)
+    assert scales == pytest.approx([n * len(batches) / sum(labelled) for n in labelled])
+    assert max(scales) > 1.5 * min(scales)  # grouped by length, batches differ in labelled tokens
+    assert "loss_scale" not in next(train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=0,
+                                                  group_by_length=True))
+
+    task = NERTask.__new__(NERTask)  # collate and step_loss need only the tokenizer
+    task.tokenizer = roberta_tokenizer
+    outputs = types.SimpleNamespace(loss=torch.tensor(2.0))
+    task.collate(batches[0])
+    assert float(task.step_loss(outputs)[0]) == pytest.approx(2.0 * scales[0])
+    task.collate({k: v for k, v in batches[0].items() if k != "loss_scale"})  # an evaluation batch: unscaled
+    assert float(task.step_loss(outputs)[0]) == pytest.approx(2.0)
+
+
 def test_decode_stitches_a_sentence_split_over_two_windows():
     labels = ["O", "B-X", "I-X"]
     raw = {"word_ids": [[-1, 0, 1, 2, -1], [-1, 1, 2, 3, -1]], "sentence": [7, 7], "word_start": [0, 1],

@@ -89,7 +89,8 @@ def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None
     def train_epoch(epoch: int):
         rank, _, world_size = world()
         return train_batches(job["files"]["train"], micro, rank=rank, world_size=world_size, seed=job["seed"],
-                             epoch=epoch, group_by_length=cfg.data.group_by_length)
+                             epoch=epoch, group_by_length=cfg.data.group_by_length,
+                             weight_by_tokens=cfg.data.weight_by_tokens)
 
     def val_batches():
         rank, _, world_size = world()

@@ -75,12 +75,17 @@ def _take(table: dict[str, list], idx: Sequence[int]) -> dict[str, list]:
 
 
 def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
-                  group_by_length: bool) -> Iterator[dict[str, list]]:
+                  group_by_length: bool, weight_by_tokens: bool = False) -> Iterator[dict[str, Any]]:
     """One epoch of this rank's training windows; equal batch counts on every rank.
 
     ``group_by_length``: windows are shuffled, cut into chunks of 50 batches, sorted by length
     inside each chunk and batched, and the batches shuffled (the Hugging Face
     ``group_by_length`` idea): far less padding, still a random order.
+
+    ``weight_by_tokens``: each batch carries ``loss_scale``, its labelled tokens over the mean of
+    this epoch's batches. A batch's loss is a mean over its labelled tokens, so a batch of short
+    sentences would otherwise move the model as far as a batch of long ones; scaled, every
+    labelled token weighs the same, as in randomly mixed batches.
     """
     import numpy as np
 
@@ -97,8 +102,15 @@ def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: i
             part = sorted(order[c:min(c + chunk, len(batches) * batch_size)], key=lambda i: table["length"][i])
             regrouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
         batches = [regrouped[i] for i in rng.permutation(len(regrouped))]
-    for idx in batches:
-        yield _take(table, idx)
+    if weight_by_tokens:
+        labelled = [sum(1 for tag in row if tag != IGNORE) for row in table["labels"]]
+        counts = [sum(labelled[i] for i in idx) for idx in batches]
+        mean = max(sum(counts) / max(len(counts), 1), 1.0)
+    for n, idx in enumerate(batches):
+        raw: dict[str, Any] = _take(table, idx)
+        if weight_by_tokens:
+            raw["loss_scale"] = counts[n] / mean
+        yield raw
 
 
 def eval_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int) -> Iterator[dict[str, list]]:
@@ -176,7 +188,9 @@ class NERTask:
             self.model_dir, num_labels=len(self.labels), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True, local_files_only=True)
 
-    def collate(self, raw: dict[str, list], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(self, raw: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        # the loop calls step_loss on this batch's outputs next (train_batches' weight_by_tokens)
+        self._loss_scale = float(raw.get("loss_scale", 1.0))
         ids = _pad(raw["input_ids"], self.tokenizer.pad_token_id)
         lengths = torch.tensor([len(r) for r in raw["input_ids"]])
         attention = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
@@ -187,7 +201,7 @@ class NERTask:
         return int(batch["attention_mask"].sum())
 
     def step_loss(self, outputs) -> tuple[torch.Tensor, dict[str, float]]:
-        return outputs.loss, {}
+        return outputs.loss * getattr(self, "_loss_scale", 1.0), {}
 
     # -- evaluation
     def eval_sums(self, outputs, raw: dict[str, list]) -> dict[str, float]:
