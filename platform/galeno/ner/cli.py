@@ -52,7 +52,7 @@ examples:
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from galeno.ner.data import read_ner
-    from galeno.ner.evaluate import evaluate, write_predictions_brat, write_predictions_table
+    from galeno.ner.evaluate import evaluate, evaluation_device, write_predictions_brat, write_predictions_table
     from galeno.registry import resolve_model
     from galeno.runtime import setup_logging
     from galeno.serve.models import DTYPES, QUANTIZE, check_precision
@@ -76,13 +76,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
-    import torch
-
     from galeno.ner.data import _detect
 
-    gpu = args.device.startswith("cuda") or (not args.device and not args.quantize and torch.cuda.is_available())
-    try:
-        check_precision(args.quantize, args.dtype, gpu)  # the device evaluate() picks
+    try:  # before the data and model are read
+        check_precision(args.quantize, args.dtype, evaluation_device(args.device, args.quantize).type != "cpu")
     except ValueError as err:
         parser.error(str(err))
 

@@ -167,6 +167,7 @@ class NERTask:
         self.labels = list(labels)
         self.init = init
         self.seed = seed
+        self._loss_scale = 1.0  # set by collate from the batch (train_batches' weight_by_tokens)
         self.tokenizer = load_tokenizer(model_dir)
         self.types = sorted({t[2:] for t in self.labels if t != "O"})
         self.eval_keys = ("loss_sum", "n_labels") + tuple(
@@ -201,7 +202,7 @@ class NERTask:
         return int(batch["attention_mask"].sum())
 
     def step_loss(self, outputs) -> tuple[torch.Tensor, dict[str, float]]:
-        return outputs.loss * getattr(self, "_loss_scale", 1.0), {}
+        return outputs.loss * self._loss_scale, {}
 
     # -- evaluation
     def eval_sums(self, outputs, raw: dict[str, list]) -> dict[str, float]:
