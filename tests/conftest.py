@@ -112,7 +112,7 @@ def ray_head(tmp_path_factory):
     yield ray_bin, address, env
     os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM ...
     try:
-        head.wait(timeout=10)
+        head.wait(timeout=3)
     except subprocess.TimeoutExpired:  # ... but waits ~30 s for actors to exit gracefully: not needed here
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)

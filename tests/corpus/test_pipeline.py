@@ -53,10 +53,19 @@ def digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sample_run(ray_local, tmp_path_factory):
+    """The sample preset run as users run it: ``jobs/clean_corpus.py --config ...`` from the repo root."""
+    import os
+
+    from galeno.corpus.cli import main
+
     out = tmp_path_factory.mktemp("corpus-sample")
-    cfg = sample_config(out)
-    manifest = run(cfg)
-    return cfg, out, manifest
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the preset's paths are relative to the repo root
+    try:
+        manifest = main(["--config", str(SAMPLE_PRESET), f"output={out}"])
+    finally:
+        os.chdir(cwd)
+    return sample_config(out), out, manifest
 
 
 def test_output_contract(sample_run):
@@ -159,20 +168,21 @@ def test_changed_step_config_does_not_reuse_stale_shards(sample_run, tmp_path):
     assert local_tag(cfg2) != first["local_tag"]
 
 
-def test_cli_flags_equal_the_preset(ray_local, tmp_path):
-    from galeno.corpus.cli import main
+def test_cli_flags_equal_the_preset():
+    """``--source``/``--decontaminate``/``--output`` build the sample preset's config (the sample_run
+    fixture runs that preset through the same command line)."""
+    from galeno.config import parse_cli, to_dict
+    from galeno.corpus.cli import FLAGS
 
-    sample = REPO / "data" / "sample"
-    out = tmp_path / "flags"
-    manifest = main([
-        "--source", f"pharmaconer=conll:{sample}/pharmaconer/train.conll",
-        "--source", f"crawl=jsonl:{sample}/crawl/crawl.jsonl",
-        "--decontaminate", f"{sample}/pharmaconer/dev.conll",
-        "--output", str(out), "output_shards=1", "ray.num_cpus=2",
-    ])
-    assert set(manifest["sources"]) == {"pharmaconer", "crawl"}
-    assert manifest["config"]["decontaminate"]["paths"] == [f"{sample}/pharmaconer/dev.conll"]
-    assert len(list((out / "documents").glob("*.parquet"))) == 1
+    preset = load(CorpusConfig, SAMPLE_PRESET)
+    argv = [arg for src in preset.sources for arg in ("--source", f"{src.name}={src.format}:{src.path}")]
+    argv += [arg for path in preset.decontaminate.paths for arg in ("--decontaminate", path)]
+    argv += ["--output", preset.output, "shard_mb=0.25", "num_partitions=2", "output_shards=2", "ray.num_cpus=2"]
+    flags = parse_cli(CorpusConfig, argv, flags=FLAGS)
+    for src in preset.sources:
+        src.description = ""  # a --source has no description
+    assert to_dict(flags) == to_dict(preset)
+    assert len(flags.sources) == 4 and len(flags.decontaminate.paths) == 2
 
 
 @pytest.mark.slow

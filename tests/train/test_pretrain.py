@@ -1,7 +1,7 @@
 """Real pretraining runs of a tiny RoBERTa: Ray Train + DeepSpeed on 2 workers, and world size 1 without Ray.
 
 One module-scoped run carries the fault drill (rank 1 SIGKILLs itself mid-run; Ray Train
-restarts the workers from the latest checkpoint), then a re-run of the same name continues it.
+restarts the workers from the latest checkpoint); a re-run of the same name continues it.
 """
 
 from __future__ import annotations
@@ -107,7 +107,11 @@ def test_the_run_is_tracked_and_the_model_registered(ray_run):
     assert (paths.model_export(out) / "model.safetensors").read_bytes() == (Path(local) / "model.safetensors").read_bytes()
 
 
+@pytest.mark.extended
 def test_resubmitting_the_same_run_continues_it(ray_run):
+    """Ray Train restores a finished 2-worker DeepSpeed run by its name. Extended (42 s: a second Ray
+    Train run and DeepSpeed set-up); CI continues a world-size-1 run (the next test) and restores
+    this run after the fault drill."""
     out, overrides, first = ray_run
     summary = run(load(PretrainConfig, None, [o for o in overrides if not o.startswith("trainer.max_steps")]
                        + ["trainer.max_steps=35"]))
@@ -131,6 +135,22 @@ def test_world_size_one_without_ray_or_deepspeed(tiny_corpus, tiny_tokenizer, tm
     mc, mlrun = tracked_run(out)
     assert [m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")] == list(range(1, 21))
     assert summary["registered_model"].startswith("models:/galeno-mlm/")
+
+
+def test_rerunning_a_finished_run_continues_it(tiny_corpus, tiny_tokenizer, tmp_path, ray_local):
+    """The same name and output with more steps: resumes from the latest checkpoint, in the same MLflow run."""
+    out = tmp_path / "again"
+    overrides = tiny_overrides(tiny_corpus, tiny_tokenizer, out, **{
+        "trainer.launcher": "local", "trainer.deepspeed": False, "trainer.cpus_per_worker": 1,
+        "trainer.eval_every": 0, "trainer.checkpoint_every": 2})
+    first = run(load(PretrainConfig, None, overrides + ["trainer.max_steps=4"]))
+    summary = run(load(PretrainConfig, None, overrides + ["trainer.max_steps=6"]))
+    rows = _metrics(out)
+    assert first["steps"] == 4 and summary["steps"] == 6
+    assert [(r["step"], r["resumed_from_step"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 4), (6, 4)]
+    mc, mlrun = tracked_run(out)  # one MLflow run, one loss curve
+    assert summary["mlflow_run_id"] == first["mlflow_run_id"] == mlrun.info.run_id
+    assert [m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")] == list(range(1, 7))
 
 
 def test_a_tracking_server_that_never_answers_does_not_stop_training(tiny_corpus, tiny_tokenizer, tmp_path,
