@@ -65,3 +65,27 @@ def test_model_config_validation():
         ModelConfig(hidden_size=100, num_heads=12)
     with pytest.raises(ConfigError, match="max_position_embeddings"):
         load(PretrainConfig, None, ["data.seq_len=512", "model.max_position_embeddings=512"])
+
+
+@pytest.mark.slow
+def test_deepspeed_on_cpu_compiles_no_op(tmp_path):
+    """DeepSpeed on CPU all-reduces through gloo: its shared-memory op would be JIT-compiled again in
+    every new environment (1.5 min here). An empty extensions folder stays empty."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch
+import deepspeed.comm.comm as dscomm
+from galeno.train.config import OptimConfig, TrainerConfig
+from galeno.train.engine import build_engine
+engine, _ = build_engine(torch.nn.Linear(4, 2), TrainerConfig(deepspeed=True, global_batch=2, micro_batch=2),
+                         OptimConfig(), torch.device("cpu"), 1)
+print("world", dscomm.get_world_size(), "shm op", dscomm.cdb.shm_comm_op)
+"""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world 1 shm op None" in done.stdout
+    assert not list(tmp_path.iterdir())

@@ -121,6 +121,20 @@ class Engine:
         self.module.train(mode)
 
 
+def _without_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU accelerator from building its shared-memory all-reduce op.
+
+    DeepSpeed JIT-compiles that op (``deepspeed_shm_comm``, into ``~/.cache/torch_extensions``) when
+    its communication backend starts, and compiles it again whenever its build flags change, which
+    name the Python environment's include paths: every fresh clone or new virtualenv pays 1.5 min
+    on 2 cores, in each run's first DeepSpeed process group. CPU runs (tests, the demo) all-reduce
+    through gloo instead, the backend Ray Train's process group already uses; GPU runs never build it.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine(Engine):
     def __init__(self, model, optimizer, scheduler, ds_config: dict, trainer: TrainerConfig):
         import deepspeed
@@ -131,6 +145,8 @@ class DeepSpeedEngine(Engine):
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("LOCAL_RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
+        if next(model.parameters()).device.type == "cpu":
+            _without_shm_comm_op()
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
         )
