@@ -186,6 +186,7 @@ def test_cli_flags_equal_the_preset():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 45-60 s; CI runs the job on the sample and the readers on these files
 def test_shared_corpora_end_to_end(ray_local, shared_data, tmp_path):
     cfg = load(CorpusConfig, REPO / "configs" / "corpus" / "shared.yaml", [f"output={tmp_path}"])
     for src in cfg.sources:
