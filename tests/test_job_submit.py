@@ -12,6 +12,8 @@ tests/test_registry.py, tests/serve); ``make test-extended`` submits all six sta
 Train, NER, promotion and Serve (4.5 min on 2 cores).
 """
 
+from __future__ import annotations
+
 import json
 import subprocess
 from pathlib import Path
@@ -63,7 +65,6 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
         write_corpus(corpus, sample_documents())
         train_tokenizer(TokenizerConfig(corpus=str(corpus), output=str(tokenizer), vocab_size=2000,
                                         eval_fraction=0.0, max_length=64, progress=False))
-    if not whole:
         pipeline.update(start_from="pretrain", stop_after="pretrain")
     preset = tmp_path / "pipeline.yaml"
     preset.write_text(yaml.safe_dump(pipeline))

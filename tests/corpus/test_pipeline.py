@@ -54,17 +54,12 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sample_run(ray_local, tmp_path_factory):
     """The sample preset run as users run it: ``jobs/clean_corpus.py --config ...`` from the repo root."""
-    import os
-
     from galeno.corpus.cli import main
 
     out = tmp_path_factory.mktemp("corpus-sample")
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the preset's paths are relative to the repo root
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the preset's paths are relative to the repo root
         manifest = main(["--config", str(SAMPLE_PRESET), f"output={out}"])
-    finally:
-        os.chdir(cwd)
     return sample_config(out), out, manifest
 
 

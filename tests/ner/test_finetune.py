@@ -52,17 +52,26 @@ def untrained(shared_data, tmp_path_factory) -> Path:
     return out
 
 
+ONE_WORKER_CONSTANT_LR = ("optim.lr=1e-3", "optim.schedule=constant", "trainer.global_batch=32",
+                          "trainer.micro_batch=32", "trainer.num_workers=1", "trainer.cpus_per_worker=2")
+
+
+def pharmaconer_config(untrained: Path, shared_data: Path, out: Path, *overrides: str) -> NERConfig:
+    """The PharmaCoNER preset for the tiny model on this machine's 2-CPU Ray, 64-token windows, then ``overrides``."""
+    return load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
+        f"model={untrained}", f"output={out}", f"data.train={shared_data}/pharmaconer/train.conll",
+        f"data.dev={shared_data}/pharmaconer/dev.conll", "data.max_length=64", "ray.num_cpus=2",
+        "ray.progress_bars=false", *overrides])
+
+
 @pytest.fixture(scope="module")
 def finetuned(ray_local, shared_data, untrained, tmp_path_factory):
     from galeno.ner.finetune import run
 
     out = tmp_path_factory.mktemp("ner-run")
-    cfg = load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
-        f"model={untrained}", f"output={out}", f"data.train={shared_data}/pharmaconer/train.conll",
-        f"data.dev={shared_data}/pharmaconer/dev.conll", f"data.train_sentences={SLICE}", "data.max_length=64",
-        "data.group_by_length=true", "epochs=4", "optim.lr=1e-3", "optim.schedule=constant", "optim.grad_clip=0",
-        "warmup_fraction=0.05", "trainer.global_batch=32", "trainer.micro_batch=32", "trainer.num_workers=1",
-        "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false", "trainer.deepspeed=false"])
+    cfg = pharmaconer_config(untrained, shared_data, out, f"data.train_sentences={SLICE}", "data.group_by_length=true",
+                             "epochs=4", "optim.grad_clip=0", "warmup_fraction=0.05", *ONE_WORKER_CONSTANT_LR,
+                             "trainer.deepspeed=false")
     return out, run(cfg)
 
 
@@ -159,12 +168,8 @@ def test_the_loop_fine_tunes_on_deepspeed(ray_local, shared_data, untrained, tmp
     """NER on the shared loop's DeepSpeed engine (ZeRO-1) under Ray Train, as pretraining runs."""
     from galeno.ner.finetune import run
 
-    results = run(load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
-        f"model={untrained}", f"output={tmp_path}", f"data.train={shared_data}/pharmaconer/train.conll",
-        f"data.dev={shared_data}/pharmaconer/dev.conll", "data.train_sentences=256", "data.max_length=64",
-        "epochs=1", "optim.lr=1e-3", "optim.schedule=constant", "trainer.global_batch=32", "trainer.micro_batch=32",
-        "trainer.num_workers=1", "trainer.cpus_per_worker=2", "ray.num_cpus=2", "ray.progress_bars=false",
-        "trainer.deepspeed=true", "trainer.zero_stage=1"]))
+    results = run(pharmaconer_config(untrained, shared_data, tmp_path, "data.train_sentences=256", "epochs=1",
+                                     *ONE_WORKER_CONSTANT_LR, "trainer.deepspeed=true", "trainer.zero_stage=1"))
     (seed,) = results["seeds"]
     assert seed["dev_f1"] is not None and (Path(seed["model"]) / "model.safetensors").is_file()
     # the optimizer shard of ZeRO-1 is in the Ray Train checkpoint
@@ -185,12 +190,10 @@ def test_a_sweep_runs_trials_on_ray_tune_and_names_the_best(ray_local, shared_da
 
     from galeno.ner.finetune import run
 
-    summary = run(load(NERConfig, Path(__file__).resolve().parents[2] / "configs" / "ner" / "pharmaconer.yaml", [
-        f"model={untrained}", f"output={tmp_path}", f"data.train={shared_data}/pharmaconer/train.conll",
-        f"data.dev={shared_data}/pharmaconer/dev.conll", "data.train_sentences=96", "data.max_length=64",
-        "epochs=2", "trainer.micro_batch=16", "trainer.cpus_per_worker=1.5", "ray.num_cpus=2",
-        "ray.progress_bars=false", "sweep.enabled=true", "sweep.num_samples=2", "sweep.batch_sizes=[16,32]",
-        "sweep.lr_min=1e-4", "sweep.lr_max=1e-3", "sweep.grace_evals=1"]))
+    summary = run(pharmaconer_config(
+        untrained, shared_data, tmp_path, "data.train_sentences=96", "epochs=2", "trainer.micro_batch=16",
+        "trainer.cpus_per_worker=1.5", "sweep.enabled=true", "sweep.num_samples=2", "sweep.batch_sizes=[16,32]",
+        "sweep.lr_min=1e-4", "sweep.lr_max=1e-3", "sweep.grace_evals=1"))
     assert len(summary["trials"]) == 2
     assert all(t["best_dev_f1"] is not None and t["error"] is None for t in summary["trials"])
     best = summary["best"]
