@@ -178,6 +178,60 @@ def test_model_code_offsets_windows_and_strategies(models):
     assert isinstance(two, InputError) and two.code == "too_many_masks"
 
 
+def _partitions(n: int, max_rows: int):
+    """Every split of range(n) into contiguous passes of at most max_rows."""
+    if n == 0:
+        yield []
+        return
+    for first in range(1, min(n, max_rows) + 1):
+        for rest in _partitions(n - first, max_rows):
+            yield [(0, first)] + [(a + first, b + first) for a, b in rest]
+
+
+def test_forward_passes_split_where_padding_costs_more_than_a_pass():
+    """plan_chunks is the cheapest split (checked against every split) under its cost model, keeps a long
+    sequence from padding short ones, and with no overhead is fixed passes of max_rows."""
+    import random
+
+    from galeno.serve.models import plan_chunks
+
+    def cost(plan, lengths, overhead):
+        return sum(overhead + (b - a) * lengths[b - 1] for a, b in plan)
+
+    rng = random.Random(7)
+    for _ in range(60):
+        lengths = sorted(rng.randint(1, 128) for _ in range(rng.randint(1, 8)))
+        max_rows, overhead = rng.randint(1, 8), rng.choice([1, 16, 64, 500])
+        plan = plan_chunks(lengths, max_rows, overhead)
+        assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
+        assert all(b - a <= max_rows for a, b in plan)
+        assert cost(plan, lengths, overhead) == min(cost(p, lengths, overhead)
+                                                    for p in _partitions(len(lengths), max_rows))
+    assert len(plan_chunks([10] * 7, 3, 64)) == 3                              # equal lengths: fewest passes
+    assert plan_chunks([9, 10, 12, 118], 32, 64) == [(0, 3), (3, 4)]          # the long one alone
+    assert plan_chunks([9, 10, 12, 118], 32, 0) == [(0, 4)]                   # no overhead: fixed passes
+    assert plan_chunks([9, 10, 12, 118], 2, 0) == [(0, 2), (2, 4)]
+    assert plan_chunks([], 8, 64) == []
+
+
+def test_passes_do_not_change_the_answers(models):
+    """The same NER and fill-mask answers whatever the split into forward passes."""
+    from galeno.serve.models import ModelSource, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+
+    ner = load_ner(ModelSource(str(models["ner"]), str(models["ner"])), max_length=64)
+    texts = ["Dolor.", "Paciente con " + " ".join(f"palabra{i}" for i in range(40)) + ".", "Fiebre alta y tos.",
+             "Ácido acetilsalicílico 100 mg."]
+    items = [([t], "simple") for t in texts]
+    fixed = ner_batch(ner, items, stride=4, chunk=32, overhead_tokens=0)
+    assert ner_batch(ner, items, stride=4, chunk=32, overhead_tokens=8) == fixed
+    mlm = load_fill_mask(ModelSource(str(models["mlm"]), str(models["mlm"])), max_length=64)
+    masked = [("la <mask> arterial.", 3), ("Paciente con " + "fiebre " * 30 + "y <mask>.", 3), ("<mask> alta.", 3)]
+    one, split = fill_mask_batch(mlm, masked, 32, 0), fill_mask_batch(mlm, masked, 32, 8)
+    for a, b in zip(one, split):
+        assert [c["token"] for c in a["candidates"]] == [c["token"] for c in b["candidates"]]
+        assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=1e-5)
+
+
 def test_int8_quantised_models_answer_like_the_saved_ones(models):
     """quantize: int8 swaps every Linear layer for a dynamically quantised one; the answers keep their
     structure (the biased test tagger still tags every word, fill-mask ranks close to the fp32 model)."""

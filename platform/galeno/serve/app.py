@@ -62,6 +62,7 @@ class _ModelDeployment:
 
             torch.set_num_threads(torch_threads)
         self.chunk = int(batch["forward_batch_size"])
+        self.overhead_tokens = int(batch.get("forward_overhead_tokens", 0))
         self.want_gpu = want_gpu
         self.predict.set_max_batch_size(int(batch["max_batch_size"]))
         self.predict.set_batch_wait_timeout_s(float(batch["batch_wait_timeout_s"]))
@@ -197,7 +198,7 @@ class FillMask(_ModelDeployment):
     def _run(self, loaded, items):
         from galeno.serve.models import fill_mask_batch
 
-        return fill_mask_batch(loaded, items, self.chunk)
+        return fill_mask_batch(loaded, items, self.chunk, self.overhead_tokens)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, items: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -218,7 +219,8 @@ class NER(_ModelDeployment):
     def _run(self, loaded, items):
         from galeno.serve.models import ner_batch
 
-        return ner_batch(loaded, items, stride=int(self.settings.get("stride", 32)), chunk=self.chunk)
+        return ner_batch(loaded, items, stride=int(self.settings.get("stride", 32)), chunk=self.chunk,
+                         overhead_tokens=self.overhead_tokens)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, items: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
@@ -369,7 +371,8 @@ def build_app(cfg: ServeConfig):
             continue
         group = getattr(cfg, key)
         batch = {"max_batch_size": group.batch.max_batch_size, "batch_wait_timeout_s": group.batch.batch_wait_timeout_s,
-                 "forward_batch_size": group.batch.forward_batch_size}
+                 "forward_batch_size": group.batch.forward_batch_size,
+                 "forward_overhead_tokens": group.batch.forward_overhead_tokens}
         # user_config is never empty (Serve calls reconfigure, which loads the model, only when it is set);
         # a Serve config file's `deployments: [{name: NER, user_config: {reload: "2"}}]` reloads in place
         settings = _model_settings(cfg, uri)

@@ -89,12 +89,19 @@ class BatchConfig:
     batch_wait_timeout_s: float = 0.01
     """Longest wait for a batch to fill after its first request arrived."""
     forward_batch_size: int = 32
-    """Sequences (NER windows, fill-mask inputs) per forward pass; a batch longer than this is
-    run in chunks, sorted by length so each chunk pads little."""
+    """Most sequences (NER windows, fill-mask inputs) per forward pass; a batch is sorted by length
+    and run in passes of at most this many."""
+    forward_overhead_tokens: int = 64
+    """What one forward pass costs whatever its size, in tokens of compute: a batch's sorted
+    sequences are split into the passes that minimise passes × this + padded tokens, so a long
+    sequence does not pad the short ones it came with. 0: passes of forward_batch_size, however
+    much they pad. 64 measured best for a BERT-base encoder on CPU (docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.forward_batch_size < 1 or self.batch_wait_timeout_s < 0:
             raise ValueError("max_batch_size and forward_batch_size must be >= 1, batch_wait_timeout_s >= 0")
+        if self.forward_overhead_tokens < 0:
+            raise ValueError("forward_overhead_tokens must be >= 0")
 
 
 @dataclass

@@ -249,12 +249,41 @@ def public_info(loaded: Optional[Loaded]) -> Optional[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- forward passes
+def plan_chunks(lengths: Sequence[int], max_rows: int, overhead_tokens: int) -> list[tuple[int, int]]:
+    """Split sequences sorted by length (``lengths`` ascending) into forward passes ``[start, end)``.
+
+    A pass costs about ``overhead_tokens + rows × width`` (its width: its longest sequence, which
+    every row is padded to), so the plan minimises the sum of that over the passes, with at most
+    ``max_rows`` rows each (dynamic programming, O(n × max_rows)). The overhead stands for what a
+    pass costs whatever its size: reading every weight once, one launch per layer. Large, few passes
+    with some padding; small, passes of near-equal lengths. ``overhead_tokens=0``: fixed passes of
+    ``max_rows``, however much they pad.
+    """
+    n = len(lengths)
+    if overhead_tokens <= 0:
+        return [(a, min(a + max_rows, n)) for a in range(0, n, max_rows)]
+    best = [0] + [None] * n  # best[j]: least cost of the first j sequences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[j - 1]
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + overhead_tokens + (j - i) * width
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    plan, j = [], n
+    while j:
+        plan.append((cut[j], j))
+        j = cut[j]
+    return plan[::-1]
+
+
 def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int,
-             positions: Optional[Sequence[int]] = None):
+             positions: Optional[Sequence[int]] = None, overhead_tokens: int = 0):
     """Softmax probabilities of every sequence (a list of [length, classes] float arrays), computed in
-    chunks of ``chunk`` sequences sorted by length so that each chunk pads little. With ``positions``
-    (one per sequence), only that position's probabilities ([classes]): a masked LM then runs its
-    head on that position alone (see :func:`_mlm_parts`), not on every position of the batch."""
+    forward passes of at most ``chunk`` sequences sorted by length and split where padding would cost
+    more than another pass (:func:`plan_chunks`). With ``positions`` (one per sequence), only that
+    position's probabilities ([classes]): a masked LM then runs its head on that position alone (see
+    :func:`_mlm_parts`), not on every position of the batch."""
     import torch
 
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
@@ -262,8 +291,8 @@ def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int,
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[Any] = [None] * len(sequences)
     with torch.inference_mode():
-        for a in range(0, len(order), chunk):
-            idx = order[a:a + chunk]
+        for a, b in plan_chunks([len(sequences[i]) for i in order], chunk, overhead_tokens):
+            idx = order[a:b]
             width = max(len(sequences[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -344,7 +373,8 @@ def _filled(text: str, span: tuple[int, int], token_str: str) -> str:
     return text[:start] + core + text[end:]
 
 
-def fill_mask_batch(loaded: Loaded, items: Sequence[tuple[str, int]], chunk: int = 32) -> list[Any]:
+def fill_mask_batch(loaded: Loaded, items: Sequence[tuple[str, int]], chunk: int = 32,
+                    overhead_tokens: int = 0) -> list[Any]:
     """For each ``(text, top_k)``: a dict ``{mask, candidates}``, or the :class:`InputError` of that item."""
     import numpy as np
 
@@ -356,7 +386,8 @@ def fill_mask_batch(loaded: Loaded, items: Sequence[tuple[str, int]], chunk: int
         except InputError as err:
             out[i] = err
     keys = list(prepared)
-    probs = _forward(loaded, [prepared[i][0] for i in keys], chunk, positions=[prepared[i][1] for i in keys])
+    probs = _forward(loaded, [prepared[i][0] for i in keys], chunk, positions=[prepared[i][1] for i in keys],
+                     overhead_tokens=overhead_tokens)
     special = np.array(sorted(set(loaded.tokenizer.all_special_ids)), dtype=np.int64)
     for i, p in zip(keys, probs):
         text, top_k = items[i]
@@ -391,7 +422,7 @@ _STRATEGY_SLOT = {"simple": 0, "first": 0, "average": 1, "max": 2}
 
 
 def ner_batch(loaded: Loaded, items: Sequence[tuple[Sequence[str], str]], *, stride: int,
-              chunk: int = 32) -> list[list[list[dict[str, Any]]]]:
+              chunk: int = 32, overhead_tokens: int = 0) -> list[list[list[dict[str, Any]]]]:
     """For each ``(texts, aggregation_strategy)``: per text, its entities ``{label, text, start, end, score}``."""
     from galeno.ner.align import encode_sentences, stitch
     from galeno.ner.data import make_document
@@ -404,7 +435,7 @@ def ner_batch(loaded: Loaded, items: Sequence[tuple[Sequence[str], str]], *, str
         sentences += doc.sentences
         owner += [k] * len(doc.sentences)
     windows = encode_sentences(loaded.tokenizer, sentences, {"O": 0}, loaded.max_length, stride)
-    probs = _forward(loaded, [w["input_ids"] for w in windows], chunk)
+    probs = _forward(loaded, [w["input_ids"] for w in windows], chunk, overhead_tokens=overhead_tokens)
     per_word = stitch(windows, [_word_values(w, p) for w, p in zip(windows, probs)], default=None)
     labels = loaded.extra["labels"]
     out: list[list[list[dict[str, Any]]]] = [[[] for _ in group] for group, _ in items]
