@@ -3,9 +3,10 @@ evaluation job, the registered model and its structured predictions.
 
 The tiny model (2 layers, 64 wide, a 2,000-token BPE vocabulary trained on the slice) starts from
 random weights, the "untrained model" the fine-tuned one has to beat; it breaks out of predicting
-only O after about 300 steps at a constant learning rate of 1e-3. The loop runs on DeepSpeed
-(ZeRO-1), as pretraining does (tests/train/test_pretrain.py). One Ray Train worker with both
-cores: two workers on this 2-core machine take twice as long (DDP over gloo); several ranks
+only O after about 300 steps at a constant learning rate of 1e-3. The module's fine-tune runs the
+shared loop's plain PyTorch engine; the same fine-tune on its DeepSpeed engine (ZeRO-1), as
+pretraining runs, is the extended test_the_loop_fine_tunes_on_deepspeed. One Ray Train worker with
+both cores: two workers on this 2-core machine take twice as long (DDP over gloo); several ranks
 evaluating different numbers of batches are tested in tests/train/test_loop.py.
 """
 
