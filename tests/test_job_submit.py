@@ -60,11 +60,11 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
         "sources": [{"name": "pharmaconer", "format": "conll", "path": "data/sample/pharmaconer/train.conll"},
                     {"name": "crawl", "format": "jsonl", "path": "data/sample/crawl"}]}))
     if not whole:  # the two skipped stages' outputs, as they would have written them
+        from galeno.config import load
         from galeno.tokenizer import TokenizerConfig, train_tokenizer
 
         write_corpus(corpus, sample_documents())
-        train_tokenizer(TokenizerConfig(corpus=str(corpus), output=str(tokenizer), vocab_size=2000,
-                                        eval_fraction=0.0, max_length=64, progress=False))
+        train_tokenizer(load(TokenizerConfig, None, pipeline["tokenizer"]["overrides"]))  # the stage's settings
         pipeline.update(start_from="pretrain", stop_after="pretrain")
     preset = tmp_path / "pipeline.yaml"
     preset.write_text(yaml.safe_dump(pipeline))

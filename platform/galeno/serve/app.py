@@ -62,7 +62,7 @@ class _ModelDeployment:
 
             torch.set_num_threads(torch_threads)
         self.chunk = int(batch["forward_batch_size"])
-        self.overhead_tokens = int(batch.get("forward_overhead_tokens", 0))
+        self.overhead_tokens = int(batch["forward_overhead_tokens"])
         self.want_gpu = want_gpu
         self.predict.set_max_batch_size(int(batch["max_batch_size"]))
         self.predict.set_batch_wait_timeout_s(float(batch["batch_wait_timeout_s"]))
