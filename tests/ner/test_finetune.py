@@ -118,6 +118,9 @@ def test_the_loop_and_the_evaluation_job_agree(finetuned, shared_data, capsys):
     bf16 = evaluate_main(["--model", seed["model"], "--data", str(shared_data / "pharmaconer" / "dev.conll"),
                           "--max-length", "64", "--device", "cpu", "--dtype", "bfloat16"])
     assert bf16["dtype"] == "bfloat16" and bf16["default"]["f1"] == pytest.approx(seed["dev_f1"], abs=0.05)
+    onnx = evaluate_main(["--model", seed["model"], "--data", str(shared_data / "pharmaconer" / "dev.conll"),
+                          "--max-length", "64", "--runtime", "onnxruntime", "--quantize", "int8"])
+    assert onnx["runtime"] == "onnxruntime" and onnx["default"]["f1"] == pytest.approx(seed["dev_f1"], abs=0.05)
 
 
 def test_runs_are_tracked_and_the_model_registered(finetuned):

@@ -292,6 +292,52 @@ def test_bfloat16_models_and_the_fill_mask_head_on_the_mask_alone(models):
         load_ner(source, max_length=64, quantize="int8", dtype="bfloat16")
 
 
+def test_onnxruntime_models_answer_like_torch(models):
+    """runtime: onnxruntime exports the model to ONNX Runtime when it loads: float32 gives torch's
+    probabilities (any batch, any padding), the same entities and fill-mask candidates, and the same
+    dev F1 through jobs/evaluate_ner.py's code; int8 keeps the answers' structure."""
+    import numpy as np
+
+    from galeno.ner.data import read_conll
+    from galeno.ner.evaluate import evaluate
+    from galeno.serve.models import ModelSource, _forward, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+
+    source = ModelSource(str(models["ner"]), str(models["ner"]))
+    torch_ner, ort_ner = load_ner(source, 64), load_ner(source, 64, runtime="onnxruntime")
+    info = ort_ner.info()
+    assert info["runtime"] == "onnxruntime" and info["onnx"]["onnx_mb"] > 0 and torch_ner.info()["runtime"] == "torch"
+    ids = torch_ner.tokenizer(["Dolor torácico.", "Ácido acetilsalicílico 100 mg y enalapril cada 12 horas.", "a"])
+    for a, b in zip(_forward(torch_ner, ids["input_ids"], chunk=3), _forward(ort_ner, ids["input_ids"], chunk=3)):
+        np.testing.assert_allclose(a, b, atol=1e-4)  # three lengths in one padded pass
+    text = "Ácido acetilsalicílico 100 mg y enalapril. Dolor torácico intenso."
+    ours, theirs = (ner_batch(m, [([text], "average")], stride=4) for m in (ort_ner, torch_ner))
+    assert [[(e["label"], e["start"], e["end"]) for e in group] for group in ours[0]] == \
+        [[(e["label"], e["start"], e["end"]) for e in group] for group in theirs[0]]
+    int8 = load_ner(source, 64, quantize="int8", runtime="onnxruntime")
+    ((entities,),) = ner_batch(int8, [([text], "simple")], stride=4)
+    _assert_entities(text, entities)
+    assert [e["text"] for e in entities] == WORD.findall(text) and int8.info()["quantize"] == "int8"
+
+    docs, _ = read_conll(SAMPLE_CONLL)
+    docs = docs[:3]
+    scores = [evaluate(str(models["ner"]), docs, "conll", max_length=64, runtime=r)[0]["default"]["f1"]
+              for r in ("torch", "onnxruntime")]
+    assert scores[0] == pytest.approx(scores[1])
+
+    mlm_source = ModelSource(str(models["mlm"]), str(models["mlm"]))
+    masked = [("la <mask> arterial.", 5), ("Paciente con fiebre y <mask> en el pecho.", 5)]
+    torch_mlm, ort_mlm = load_fill_mask(mlm_source, 64), load_fill_mask(mlm_source, 64, runtime="onnxruntime")
+    for a, b in zip(fill_mask_batch(torch_mlm, masked), fill_mask_batch(ort_mlm, masked)):
+        assert [c["token_id"] for c in a["candidates"]] == [c["token_id"] for c in b["candidates"]]
+        assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=1e-4)
+    full = ort_mlm.model(**torch_mlm.tokenizer(["la <mask> arterial."], return_tensors="pt")).logits
+    assert full.shape[-1] == torch_mlm.model.config.vocab_size  # the whole model, head on every position
+    with pytest.raises(ValueError, match="runtime"):
+        load_ner(source, 64, runtime="tensorrt")
+    with pytest.raises(ValueError, match="onnxruntime runs float32"):
+        load_ner(source, 64, dtype="bfloat16", runtime="onnxruntime")
+
+
 def test_local_preset_is_a_serve_config_and_a_job_preset(models):
     from ray.serve.schema import ServeDeploySchema
 
@@ -324,6 +370,11 @@ def test_config_refuses_a_batch_larger_than_max_ongoing_requests():
         load(ServeConfig, None, ["ner.dtype=float16"])
     with pytest.raises(ConfigError, match="cannot be combined"):
         load(ServeConfig, None, ["ner.dtype=bfloat16", "ner.quantize=int8"])
+    with pytest.raises(ConfigError, match="runtime"):
+        load(ServeConfig, None, ["ner.runtime=openvino"])
+    with pytest.raises(ConfigError, match="CPU replicas"):
+        load(ServeConfig, None, ["fill_mask.runtime=onnxruntime", "fill_mask.num_gpus=1"])
+    assert load(ServeConfig, None, ["ner.runtime=onnxruntime", "ner.quantize=int8"]).ner.runtime == "onnxruntime"
     assert load(ServeConfig, None, ["ner.dtype=float16", "ner.num_gpus=1"]).ner.dtype == "float16"
 
 
@@ -521,13 +572,17 @@ def test_the_page_in_headless_chromium(served, tmp_path):
 
 def test_reconfigure_reloads_running_replicas_in_place(served):
     """A new user_config alone (a Serve config's deployments override) reconfigures the running replica:
-    here it names another model; a new `reload` value makes it resolve the same URI again."""
+    here it names another model, on ONNX Runtime in int8; a new `reload` value makes it resolve the
+    same URI again, with the deployment's own settings (torch)."""
     client, args = served["client"], served["args"]
     before = client.get("/models").json()["ner"]
+    assert before["runtime"] == "torch"
     try:
-        _deploy(args, [{"name": "NER", "user_config": {"reload": "2", "model": str(served["models"]["ner2"])}}])
+        _deploy(args, [{"name": "NER", "user_config": {"reload": "2", "model": str(served["models"]["ner2"]),
+                                                        "runtime": "onnxruntime", "quantize": "int8"}}])
         after = client.get("/models").json()["ner"]
         assert after["path"] == str(Path(served["models"]["ner2"]).resolve()) and after["labels"] == ["O", "B-Y", "I-Y"]
+        assert (after["runtime"], after["quantize"]) == ("onnxruntime", "int8") and after["onnx"]["build_s"] > 0
         assert after["replica"] == before["replica"], "the replica was replaced instead of reconfigured"
         text = "Dolor torácico intenso. Fiebre alta."
         r = _post(client, "/ner", {"text": text})
@@ -539,6 +594,7 @@ def test_reconfigure_reloads_running_replicas_in_place(served):
         _deploy(args, [{"name": "NER", "user_config": {"reload": "3"}}])
     after = client.get("/models").json()["ner"]
     assert after["labels"] == ["O", "B-X", "I-X"] and after["replica"] == before["replica"]
+    assert after["runtime"] == "torch" and "onnx" not in after
 
 
 def test_a_moved_alias_is_followed_with_no_failed_request(served):

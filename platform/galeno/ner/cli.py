@@ -56,6 +56,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from galeno.registry import resolve_model
     from galeno.runtime import setup_logging
     from galeno.serve.models import DTYPES, QUANTIZE, check_precision
+    from galeno.serve.onnx_runtime import RUNTIMES
     from galeno.tracking import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="evaluate_ner.py", description=EVALUATE_USAGE,
@@ -71,6 +72,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="int8: score the model dynamically quantised, as a Serve replica with quantize: int8 runs it (CPU)")
     parser.add_argument("--dtype", choices=DTYPES, default="",
                         help="score the model cast to this type, as a Serve replica with that dtype runs it")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="onnxruntime: score the model exported to ONNX Runtime (with --quantize int8: its "
+                             "int8 graph), as a Serve replica with that runtime runs it (CPU)")
     parser.add_argument("--write-brat", metavar="DIR", help="write predictions as brat .txt/.ann files")
     parser.add_argument("--write-table", metavar="FILE", help="write token TAB gold TAB predicted")
     parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
@@ -79,7 +83,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from galeno.ner.data import _detect
 
     try:  # before the data and model are read
-        check_precision(args.quantize, args.dtype, evaluation_device(args.device, args.quantize).type != "cpu")
+        check_precision(args.quantize, args.dtype,
+                        evaluation_device(args.device, args.quantize, args.runtime).type != "cpu", args.runtime)
     except ValueError as err:
         parser.error(str(err))
 
@@ -93,9 +98,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model_dir = resolve_model(args.model, TrackingConfig(tracking_uri=args.tracking_uri))
     result, predicted = evaluate(model_dir, docs, fmt, max_length=args.max_length, stride=args.stride,
                                  batch_size=args.batch_size, device=args.device, quantize=args.quantize,
-                                 dtype=args.dtype)
+                                 dtype=args.dtype, runtime=args.runtime)
     result["data"] = {"path": args.data, "format": fmt, **stats}
     result.update({k: v for k, v in (("quantize", args.quantize), ("dtype", args.dtype)) if v})
+    result["runtime"] = args.runtime
     if args.write_brat:
         result["brat_files"] = write_predictions_brat(docs, predicted, args.write_brat)
     if args.write_table:

@@ -41,24 +41,27 @@ def score(docs: Sequence[NERDocument], predicted: Sequence[Sequence[str]], fmt: 
     return result
 
 
-def evaluation_device(device: str = "", quantize: str = ""):
-    """The device ``evaluate`` runs on: ``device``, else CPU for an int8 model, else CUDA when there is one."""
+def evaluation_device(device: str = "", quantize: str = "", runtime: str = "torch"):
+    """The device ``evaluate`` runs on: ``device``, else CPU for an int8 or ONNX Runtime model, else CUDA when
+    there is one."""
     import torch
 
-    return torch.device(device or ("cpu" if quantize else "cuda" if torch.cuda.is_available() else "cpu"))
+    cpu = quantize or runtime != "torch"
+    return torch.device(device or ("cpu" if cpu else "cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def evaluate(model_dir: str, docs: Sequence[NERDocument], fmt: str, *, max_length: int = 512, stride: int = 32,
-             batch_size: int = 32, device: str = "", quantize: str = "",
-             dtype: str = "") -> tuple[dict[str, Any], list[list[str]]]:
-    """Predict every sentence of ``docs`` with the model in ``model_dir`` and score it; ``quantize="int8"``
-    or ``dtype="bfloat16"`` score the model as a Serve replica with that setting runs it."""
+             batch_size: int = 32, device: str = "", quantize: str = "", dtype: str = "",
+             runtime: str = "torch") -> tuple[dict[str, Any], list[list[str]]]:
+    """Predict every sentence of ``docs`` with the model in ``model_dir`` and score it; ``quantize="int8"``,
+    ``dtype="bfloat16"`` or ``runtime="onnxruntime"`` score the model as a Serve replica with that
+    setting runs it."""
     from galeno.ner.task import predict
     from galeno.serve.models import prepare_model, window_limit
 
     model, tokenizer = load_model(model_dir)
-    dev = evaluation_device(device, quantize)
-    model = prepare_model(model.eval(), dev, quantize, dtype)
+    dev = evaluation_device(device, quantize, runtime)
+    model = prepare_model(model.eval(), dev, quantize, dtype, runtime)
     max_length = window_limit(model, tokenizer, max_length)  # a model with 128 positions gets 128-token windows
     sentences = [s for d in docs for s in d.sentences]
     predicted = predict(model, tokenizer, sentences, max_length=max_length, stride=stride,

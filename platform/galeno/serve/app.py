@@ -125,12 +125,12 @@ class _ModelDeployment:
             return
         # built aside and swapped in one assignment: batches running now finish on the old model
         self.loaded = self._load(source, int(merged.get("max_length", 512)), str(merged.get("quantize") or ""),
-                                 str(merged.get("dtype") or ""))
+                                 str(merged.get("dtype") or ""), str(merged.get("runtime") or "torch"))
         self.settings = settings
         log.info("%s replica loaded %s (%s)", self.kind, source.uri,
                  f"{source.name} version {source.version}" if source.version else source.path)
 
-    def _load(self, source, max_length: int, quantize: str, dtype: str):
+    def _load(self, source, max_length: int, quantize: str, dtype: str, runtime: str):
         raise NotImplementedError
 
     def _run(self, loaded, items: list) -> list:
@@ -190,10 +190,10 @@ class FillMask(_ModelDeployment):
 
     kind = "fill-mask"
 
-    def _load(self, source, max_length, quantize, dtype):
+    def _load(self, source, max_length, quantize, dtype, runtime):
         from galeno.serve.models import load_fill_mask
 
-        return load_fill_mask(source, max_length, self.want_gpu, quantize, dtype)
+        return load_fill_mask(source, max_length, self.want_gpu, quantize, dtype, runtime)
 
     def _run(self, loaded, items):
         from galeno.serve.models import fill_mask_batch
@@ -211,10 +211,10 @@ class NER(_ModelDeployment):
 
     kind = "ner"
 
-    def _load(self, source, max_length, quantize, dtype):
+    def _load(self, source, max_length, quantize, dtype, runtime):
         from galeno.serve.models import load_ner
 
-        return load_ner(source, max_length, self.want_gpu, quantize, dtype)
+        return load_ner(source, max_length, self.want_gpu, quantize, dtype, runtime)
 
     def _run(self, loaded, items):
         from galeno.serve.models import ner_batch
@@ -377,6 +377,8 @@ def build_app(cfg: ServeConfig):
         # a Serve config file's `deployments: [{name: NER, user_config: {reload: "2"}}]` reloads in place
         settings = _model_settings(cfg, uri)
         settings.update({k: v for k, v in (("quantize", group.quantize), ("dtype", group.dtype)) if v})
+        if group.runtime != "torch":
+            settings["runtime"] = group.runtime
         handles[key] = deployment.options(user_config={"reload": cfg.reload}, **group.options()).bind(
             settings, batch, cfg.torch_threads, want_gpu[key])
     settings = {"request_timeout_s": cfg.request_timeout_s, "aggregation_strategy": cfg.aggregation_strategy,

@@ -116,12 +116,16 @@ class ModelDeploymentConfig(DeploymentConfig):
     dtype: str = ""
     """The model's float type: "" (as saved), "float32", "bfloat16" (CPUs with AMX or AVX512-BF16, and
     GPUs), "float16" (GPU replicas). Check the F1 first (jobs/evaluate_ner.py --dtype bfloat16)."""
+    runtime: str = "torch"
+    """"torch", or "onnxruntime" (CPU replicas): the model exported to ONNX Runtime when the replica
+    loads it, its graph fused, and with quantize: int8 its MatMuls in int8 (docs/serve.md). Check the
+    F1 first (jobs/evaluate_ner.py --runtime onnxruntime --quantize int8)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from galeno.serve.models import check_precision
 
-        check_precision(self.quantize, self.dtype, self.num_gpus > 0)
+        check_precision(self.quantize, self.dtype, self.num_gpus > 0, self.runtime)
         if self.max_ongoing_requests < self.batch.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch.max_batch_size "
                              f"({self.batch.max_batch_size}): a replica never holds more requests than that")

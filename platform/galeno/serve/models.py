@@ -137,7 +137,8 @@ class Loaded:
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.source.brief(), "run_id": self.source.run_id, "path": self.source.path,
                 "device": str(self.device), "max_length": self.max_length,
-                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)), **self.extra}
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)), **self.extra,
+                **({"onnx": self.model.details} if getattr(self.model, "details", None) else {})}
 
 
 #: What ``quantize`` may name: "" (the weights as saved) or "int8".
@@ -146,8 +147,16 @@ QUANTIZE = ("", "int8")
 DTYPES = ("", "float32", "bfloat16", "float16")
 
 
-def check_precision(quantize: str, dtype: str, gpu: bool) -> None:
-    """Refuse a ``quantize``/``dtype`` pair that a replica (``gpu``: on a GPU) cannot run."""
+def check_precision(quantize: str, dtype: str, gpu: bool, runtime: str = "torch") -> None:
+    """Refuse a ``quantize``/``dtype``/``runtime`` choice that a replica (``gpu``: on a GPU) cannot run."""
+    from galeno.serve.onnx_runtime import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if runtime == "onnxruntime" and gpu:
+        raise ValueError("runtime: onnxruntime is for CPU replicas; a GPU replica (num_gpus > 0) runs torch")
+    if runtime == "onnxruntime" and dtype not in ("", "float32"):
+        raise ValueError(f"runtime: onnxruntime runs float32 (or quantize: int8), not dtype {dtype}")
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, not {quantize!r}")
     if dtype not in DTYPES:
@@ -160,16 +169,28 @@ def check_precision(quantize: str, dtype: str, gpu: bool) -> None:
         raise ValueError("dtype float16 is for GPU replicas; a CPU replica uses bfloat16")
 
 
-def prepare_model(model, device, quantize: str = "", dtype: str = ""):
+def prepare_model(model, device, quantize: str = "", dtype: str = "", runtime: str = "torch",
+                  masked_lm: bool = False):
     """``model`` as a replica runs it on ``device``: cast to ``dtype`` (bfloat16 uses the AMX/AVX512-BF16
     units of recent CPUs, float16 is for GPUs), or with its ``nn.Linear`` layers dynamically quantised
-    to int8 (``quantize="int8"``: weights stored in int8, activations quantised on the fly;
-    ``torch.ao.quantization.quantize_dynamic``, CPU only); unchanged when both are empty. Check the
-    F1 first: ``jobs/evaluate_ner.py --dtype bfloat16`` / ``--quantize int8``."""
+    to int8 (``quantize="int8"``: weights stored in int8 with a scale per output channel, activations
+    quantised on the fly;
+    ``torch.ao.quantization.quantize_dynamic``, CPU only); unchanged when both are empty. With
+    ``runtime="onnxruntime"``, exported to ONNX Runtime instead (fused, and quantised to int8 with
+    ``quantize="int8"``: :mod:`galeno.serve.onnx_runtime`; a ``masked_lm`` without its head, which
+    stays in torch). Check the F1 first:
+    ``jobs/evaluate_ner.py --dtype bfloat16`` / ``--quantize int8`` / ``--runtime onnxruntime``."""
     import torch
 
     device = torch.device(device if device is not None else "cpu")
-    check_precision(quantize, dtype, device.type != "cpu")
+    check_precision(quantize, dtype, device.type != "cpu", runtime)
+    if runtime == "onnxruntime":
+        from galeno.serve.onnx_runtime import to_onnxruntime
+
+        parts = _mlm_parts(model) if masked_lm else None
+        if masked_lm and parts is None:
+            raise ValueError(f"runtime: onnxruntime cannot split {type(model).__name__} into encoder and head")
+        return to_onnxruntime(model, quantize, mlm_parts=parts)
     if dtype:
         if dtype == "bfloat16" and device.type == "cpu" and not _cpu_has_bf16():
             log.warning("this CPU has no native bfloat16 (AVX512-BF16 or AMX): dtype bfloat16 will run slower "
@@ -182,7 +203,10 @@ def prepare_model(model, device, quantize: str = "", dtype: str = ""):
     with warnings.catch_warnings():
         # torch 2.13 marks its quantised tensor API deprecated; the kernels are unchanged
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # a scale per output channel: per-tensor weights cost 3.6 F1 points on an AVX2 CPU, per-channel 0.3,
+        # at the same speed (docs/benchmarks.md)
+        spec = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def _cpu_has_bf16() -> bool:
@@ -195,7 +219,7 @@ def _cpu_has_bf16() -> bool:
 
 
 def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "",
-                   dtype: str = "") -> Loaded:
+                   dtype: str = "", runtime: str = "torch") -> Loaded:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
@@ -204,9 +228,10 @@ def load_fill_mask(source: ModelSource, max_length: int, want_gpu: bool = False,
     device = _device(want_gpu)
     model = AutoModelForMaskedLM.from_pretrained(source.path, local_files_only=True).eval().to(device)
     limit = window_limit(model, tokenizer, max_length)
-    return Loaded("fill-mask", source, prepare_model(model, device, quantize, dtype), tokenizer, device, limit,
+    return Loaded("fill-mask", source, prepare_model(model, device, quantize, dtype, runtime, masked_lm=True),
+                  tokenizer, device, limit,
                   extra={"mask_token": tokenizer.mask_token, "specials": _specials(tokenizer),
-                         "quantize": quantize or None, "dtype": dtype or None})
+                         "quantize": quantize or None, "dtype": dtype or None, "runtime": runtime})
 
 
 def _specials(tokenizer) -> tuple[list[int], list[int]]:
@@ -221,7 +246,7 @@ def _specials(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quantize: str = "",
-             dtype: str = "") -> Loaded:
+             dtype: str = "", runtime: str = "torch") -> Loaded:
     from transformers import AutoModelForTokenClassification
 
     from galeno.corpus.sentences import ClinicalSentenceSplitter
@@ -232,9 +257,9 @@ def load_ner(source: ModelSource, max_length: int, want_gpu: bool = False, quant
     model = AutoModelForTokenClassification.from_pretrained(source.path, local_files_only=True).eval().to(device)
     labels = [_bio(model.config.id2label[i]) for i in range(len(model.config.id2label))]
     limit = window_limit(model, tokenizer, max_length)
-    return Loaded("ner", source, prepare_model(model, device, quantize, dtype), tokenizer, device, limit,
+    return Loaded("ner", source, prepare_model(model, device, quantize, dtype, runtime), tokenizer, device, limit,
                   extra={"labels": labels, "splitter": ClinicalSentenceSplitter(), "quantize": quantize or None,
-                         "dtype": dtype or None})
+                         "dtype": dtype or None, "runtime": runtime})
 
 
 def _bio(label: str) -> str:
@@ -317,7 +342,12 @@ def _forward(loaded: Loaded, sequences: Sequence[Sequence[int]], chunk: int,
 
 def _mlm_parts(model):
     """(encoder, head) of a Hugging Face masked LM (``roberta`` + ``lm_head``, ``bert`` + ``cls``, ...):
-    the model's base model and its one other child, or None where the model is not built that way."""
+    the model's base model and its one other child, or None where the model is not built that way; an
+    ONNX Runtime masked LM says its own (:class:`galeno.serve.onnx_runtime.OnnxModel`)."""
+    if getattr(model, "mlm_parts", None) is not None:
+        return model.mlm_parts
+    if not hasattr(model, "children"):
+        return None
     base = getattr(model, "base_model", None)
     if base is None or base is model:
         return None
