@@ -29,7 +29,15 @@ concurrent callers (threads; a caller sends its next request when the previous i
 * ``serve-bf16``: ``serve`` with the model replica's ``dtype: bfloat16`` (the AMX units of this
   machine's CPU; F1 checked with ``jobs/evaluate_ner.py --dtype bfloat16``);
 * ``pipeline-bf16``: the in-process pipeline with the model in bfloat16: how much of
-  ``serve-bf16``'s gain the type alone gives.
+  ``serve-bf16``'s gain the type alone gives;
+* ``serve-onnx`` and ``serve-onnx-int8``: ``serve`` with the model replica's ``runtime: onnxruntime``
+  (the model exported to ONNX Runtime and fused when the replica loads it), the second with
+  ``quantize: int8`` too (its F1: ``jobs/evaluate_ner.py --runtime onnxruntime --quantize int8``);
+  ``serve-onnx-int8-x2`` the same in two replicas of ``cores / 2`` threads each.
+
+``--arms`` picks the optional arms (``pipeline`` and ``pipeline-again`` always run: the ratios are
+to them); on a CPU without bfloat16 units (no AMX or AVX512-BF16) leave out the ``bf16`` arms,
+which then only measure an emulation.
 
 With ``--throughput-optimized`` the Serve arms run a second time on a Ray started with
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray >= 2.56: direct gRPC between proxy and replicas, user
@@ -214,7 +222,16 @@ def http_caller(port: int, path: str):
     return call
 
 
-def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = "", dtype: str = ""):
+#: The Serve arms: name → (max_batch_size, quantize, dtype, runtime, replicas).
+SERVE_ARMS = {"serve": (16, "", "", "torch", 1), "serve-nobatch": (1, "", "", "torch", 1),
+              "serve-int8": (16, "int8", "", "torch", 1), "serve-bf16": (16, "", "bfloat16", "torch", 1),
+              "serve-onnx": (16, "", "", "onnxruntime", 1), "serve-onnx-int8": (16, "int8", "", "onnxruntime", 1),
+              "serve-onnx-int8-x2": (16, "int8", "", "onnxruntime", 2)}
+OPTIONAL_ARMS = ("pipeline-http", *SERVE_ARMS, "pipeline-bf16")
+
+
+def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize: str = "", dtype: str = "",
+              runtime: str = "torch", replicas: int = 1):
     from ray import serve
 
     from galeno.config import load
@@ -222,12 +239,14 @@ def serve_arm(kind: str, models: dict[str, str], batch: int, port: int, quantize
     from galeno.serve.config import ServeConfig
 
     cores = os.cpu_count() or 1
-    group = {"num_cpus": 1, "max_ongoing_requests": max(batch, 32), "max_queued_requests": 1000,
+    group = {"num_cpus": 1, "min_replicas": replicas, "max_replicas": replicas,
+             "max_ongoing_requests": max(batch, 32), "max_queued_requests": 1000,
              "batch": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01 if batch > 1 else 0.0,
-                       "forward_batch_size": 32}, "quantize": quantize, "dtype": dtype}
+                       "forward_batch_size": 32}, "quantize": quantize, "dtype": dtype, "runtime": runtime}
     cfg = load(ServeConfig, None, extra={
         "fill_mask_model": models["mlm"] if kind == "fill-mask" else "",
-        "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": cores, "max_length": 128,
+        "ner_model": models["ner"] if kind == "ner" else "", "torch_threads": max(1, cores // replicas),
+        "max_length": 128,
         "port": port, "fill_mask": group, "ner": group})
     serve.run(build_app(cfg), name="bench", route_prefix="/")
     return http_caller(port, "/ner" if kind == "ner" else "/fill-mask")
@@ -242,9 +261,14 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", metavar="FILE", help="write the results here too")
+    parser.add_argument("--arms", default=",".join(OPTIONAL_ARMS),
+                        help=f"optional arms to run, comma-separated (default all: {','.join(OPTIONAL_ARMS)})")
     parser.add_argument("--throughput-optimized", action="store_true",
                         help="run the Serve arms again on a Ray started with RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     args = parser.parse_args(argv)
+    arms = args.arms.split(",") if args.arms else []
+    if set(arms) - set(OPTIONAL_ARMS):
+        parser.error(f"unknown arms {sorted(set(arms) - set(OPTIONAL_ARMS))}; choose from {','.join(OPTIONAL_ARMS)}")
 
     import ray
     from ray import serve
@@ -261,6 +285,8 @@ def main(argv=None) -> int:
             row = results.setdefault(kind, {})
             model = models["mlm" if kind == "fill-mask" else "ner"]
             row["pipeline"] = drive(pipeline_arm(kind, model), requests_for(kind, texts, mask), args.concurrency)
+            if "pipeline-http" not in arms:
+                continue
             call, server = pipeline_http_arm(kind, model, args.port + 1)
             try:
                 row["pipeline-http"] = drive(call, requests_for(kind, texts, mask), args.concurrency)
@@ -273,17 +299,20 @@ def main(argv=None) -> int:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             for kind in kinds:
-                for arm, batch, quantize, dtype in (("serve", 16, "", ""), ("serve-nobatch", 1, "", ""),
-                                                    ("serve-int8", 16, "int8", ""), ("serve-bf16", 16, "", "bfloat16")):
-                    results[kind][arm + suffix] = drive(serve_arm(kind, models, batch, args.port, quantize, dtype),
+                for arm, (batch, quantize, dtype, runtime, replicas) in SERVE_ARMS.items():
+                    if arm not in arms:
+                        continue
+                    results[kind][arm + suffix] = drive(serve_arm(kind, models, batch, args.port, quantize, dtype,
+                                                                  runtime, replicas),
                                                         requests_for(kind, texts, mask), args.concurrency)
                     serve.delete("bench")
             serve.shutdown()
             ray.shutdown()
         for kind in kinds:  # the baseline again after the Serve arms: the machine's drift shows
             model = models["mlm" if kind == "fill-mask" else "ner"]
-            results[kind]["pipeline-bf16"] = drive(pipeline_arm(kind, model, "bfloat16"),
-                                                   requests_for(kind, texts, mask), args.concurrency)
+            if "pipeline-bf16" in arms:
+                results[kind]["pipeline-bf16"] = drive(pipeline_arm(kind, model, "bfloat16"),
+                                                       requests_for(kind, texts, mask), args.concurrency)
             results[kind]["pipeline-again"] = drive(pipeline_arm(kind, model), requests_for(kind, texts, mask),
                                                     args.concurrency)
         for kind, row in results.items():
