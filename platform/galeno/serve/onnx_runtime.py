@@ -143,7 +143,8 @@ def _session(path: Path, threads: int):
 def to_onnxruntime(model, quantize: str = "", threads: Optional[int] = None, mlm_parts=None) -> OnnxModel:
     """``model`` (a Hugging Face token classifier, or with ``mlm_parts=(encoder, head)`` a masked LM)
     exported, fused, quantised when ``quantize="int8"``, and loaded in an ONNX Runtime session with
-    ``threads`` intra-op threads (torch's count by default)."""
+    ``threads`` intra-op threads (torch's count by default). ``model`` itself is left on eager
+    attention, the form that was exported; the callers drop it for what this returns."""
     import torch
 
     started = time.perf_counter()
