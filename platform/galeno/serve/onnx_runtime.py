@@ -100,11 +100,11 @@ def _fuse(path: Path, config) -> dict[str, int]:
         return {}
 
 
-def _quantize(src: Path, dst: Path) -> None:
+def _quantize(src: Path, dst: Path, seven_bit: bool) -> None:
     """Dynamic int8: weights per output channel (a scale per row, not one per matrix). On a CPU without
     VNNI (AVX2 only) ONNX Runtime multiplies u8 activations by s8 weights with an instruction whose
-    16-bit pair sums saturate, so there the weights get 7 bits (``reduce_range``). Both measured on
-    PharmaCoNER dev (docs/benchmarks.md): 8-bit per-tensor weights cost 1.5 F1 points on AVX2."""
+    16-bit pair sums saturate, so there the weights get 7 bits (``seven_bit``: ``reduce_range``). Both
+    measured on PharmaCoNER dev (docs/benchmarks.md): 8-bit per-tensor weights cost 1.5 F1 points on AVX2."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -113,7 +113,7 @@ def _quantize(src: Path, dst: Path) -> None:
     root.setLevel(max(level, logging.ERROR))  # it logs "pre-process before quantization" through the root logger
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=not cpu_has_vnni(),
+                         reduce_range=seven_bit,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # the fused ops' outputs
     finally:
         root.setLevel(level)
@@ -155,13 +155,14 @@ def to_onnxruntime(model, quantize: str = "", threads: Optional[int] = None, mlm
         path = Path(tmp) / "model.onnx"
         _export(module, field, path)
         fused = _fuse(path, model.config)
+        seven_bit = not cpu_has_vnni()
         if quantize == "int8":
-            _quantize(path, Path(tmp) / "model-int8.onnx")
+            _quantize(path, Path(tmp) / "model-int8.onnx", seven_bit)
             path = Path(tmp) / "model-int8.onnx"
         size = os.path.getsize(path)
         session = _session(path, threads)
     details = {"fused": fused, "onnx_mb": round(size / 1e6, 1), "threads": threads,
-               **({"int8_weights": "per-channel, 7-bit" if not cpu_has_vnni() else "per-channel"}
+               **({"int8_weights": "per-channel, 7-bit" if seven_bit else "per-channel"}
                   if quantize == "int8" else {}),
                "build_s": round(time.perf_counter() - started, 1)}
     log.info("ONNX Runtime model built in %.1f s (%s, %.0f MB, fused: %s)", details["build_s"],
