@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from galeno.ner.align import IGNORE, label_map  # noqa: E402
 from galeno.ner.metrics import entity_scores  # noqa: E402
-from galeno.ner.task import NERTask, decode, encode_rows, eval_batches, train_batches, write_rows  # noqa: E402
+from galeno.ner.task import (NERTask, balanced_batches, decode, encode_rows, eval_batches,  # noqa: E402
+                             train_batches, write_rows)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,43 @@ def test_train_batches_give_every_rank_the_same_count_and_group_by_length_cuts_p
     firsts = [next(train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=e, group_by_length=True))["sentence"]
               for e in range(2)]
     assert firsts[0] != firsts[1]  # a new order every epoch
+
+
+def test_balanced_batches_cut_sorted_windows_into_n_batches_of_about_equal_tokens():
+    lengths = [2, 2, 2, 2, 2, 2, 4, 4, 8, 8]  # 36 tokens: 12 to a batch
+    assert balanced_batches(list(range(10)), lengths, 3) == [[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]]  # 12, 8, 16
+    assert balanced_batches(list(range(6)), [1] * 6, 3) == [[0, 1], [2, 3], [4, 5]]
+    # one window longer than a batch's share still leaves every batch a window
+    assert balanced_batches([7, 8, 9, 5], [1, 1, 1, 10], 3) == [[7, 8], [9], [5]]
+    with pytest.raises(ValueError, match="cannot cut 2 windows into 3 batches"):
+        balanced_batches([0, 1], [1, 1], 3)
+
+
+def test_equal_tokens_keeps_the_windows_and_batch_count_and_evens_out_the_tokens_per_batch(rows, tmp_path):
+    _, _, encoded = rows
+    path = write_rows(encoded, tmp_path / "train.parquet")
+
+    def epoch(**kw) -> list[dict]:
+        return list(train_batches(path, 8, rank=0, world_size=1, seed=0, epoch=0, group_by_length=True, **kw))
+
+    fixed, equal = epoch(), epoch(equal_tokens=True)
+    assert len(equal) == len(fixed)  # the same steps per epoch, so the schedule is unchanged
+    key = lambda b: list(zip(b["sentence"], b["word_start"]))  # noqa: E731
+    assert sorted(w for b in equal for w in key(b)) == sorted(w for b in fixed for w in key(b))
+    sizes = [len(b["length"]) for b in equal]
+    assert min(sizes) < 8 < max(sizes)  # many short windows to a batch, few long ones
+
+    def spread(batches: list[dict]) -> float:  # coefficient of variation of the tokens per batch
+        tokens = [sum(b["length"]) for b in batches]
+        mean = sum(tokens) / len(tokens)
+        return (sum((t - mean) ** 2 for t in tokens) / len(tokens)) ** 0.5 / mean
+
+    assert spread(equal) < 0.6 * spread(fixed), (spread(equal), spread(fixed))
+    padding = lambda bs: sum(max(b["length"]) * len(b["length"]) - sum(b["length"]) for b in bs)  # noqa: E731
+    assert padding(equal) <= 1.5 * padding(fixed) + 8 * len(fixed)
+    counts = [sum(1 for _ in train_batches(path, 8, rank=r, world_size=2, seed=0, epoch=0, group_by_length=True,
+                                           equal_tokens=True)) for r in range(2)]
+    assert counts[0] == counts[1] == len(encoded) // 2 // 8
 
 
 def test_weight_by_tokens_scales_each_batch_loss_by_its_labelled_tokens(rows, tmp_path, roberta_tokenizer):

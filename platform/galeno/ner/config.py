@@ -49,6 +49,10 @@ class NERDataConfig:
     """Use only the first N training sentences (0: all): a stated slice for slow machines."""
     group_by_length: bool = False
     """Batch windows of similar length together (less padding); the batch order stays random."""
+    equal_tokens: bool = False
+    """With group_by_length: cut each length-sorted chunk into batches of about equal padded tokens
+    (many short windows or few long ones) instead of equal window counts; same number of steps.
+    Every step then sees about as many words as a random batch: see docs/ner.md."""
     weight_by_tokens: bool = False
     """Weigh each batch's loss by its labelled tokens against the epoch's mean batch, so that a batch
     of short sentences moves the model less than one of long sentences (every token weighs the same,
@@ -57,6 +61,8 @@ class NERDataConfig:
     def __post_init__(self) -> None:
         if self.format not in ("", "conll", "brat", "i2b2xml"):
             raise ValueError("data.format must be conll, brat, i2b2xml or empty")
+        if self.equal_tokens and not self.group_by_length:
+            raise ValueError("data.equal_tokens cuts length-grouped chunks: set data.group_by_length=true too")
         if self.max_length < 8 or self.stride < 0 or self.train_sentences < 0:
             raise ValueError("data.max_length must be >= 8, stride and train_sentences >= 0")
 

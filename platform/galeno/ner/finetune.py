@@ -90,6 +90,7 @@ def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None
         rank, _, world_size = world()
         return train_batches(job["files"]["train"], micro, rank=rank, world_size=world_size, seed=job["seed"],
                              epoch=epoch, group_by_length=cfg.data.group_by_length,
+                             equal_tokens=cfg.data.equal_tokens,
                              weight_by_tokens=cfg.data.weight_by_tokens)
 
     def val_batches():

@@ -75,12 +75,18 @@ def _take(table: dict[str, list], idx: Sequence[int]) -> dict[str, list]:
 
 
 def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int, seed: int, epoch: int,
-                  group_by_length: bool, weight_by_tokens: bool = False) -> Iterator[dict[str, Any]]:
+                  group_by_length: bool, equal_tokens: bool = False, weight_by_tokens: bool = False
+                  ) -> Iterator[dict[str, Any]]:
     """One epoch of this rank's training windows; equal batch counts on every rank.
 
     ``group_by_length``: windows are shuffled, cut into chunks of 50 batches, sorted by length
     inside each chunk and batched, and the batches shuffled (the Hugging Face
     ``group_by_length`` idea): far less padding, still a random order.
+
+    ``equal_tokens`` (with ``group_by_length``): each sorted chunk is cut into the same number of
+    batches, but by padded tokens instead of windows (``balanced_batches``): many short windows
+    to a batch, few long ones. Every step then sees about as many words as a random batch does,
+    where fixed-size grouped batches range from a few dozen words to thousands (docs/ner.md).
 
     ``weight_by_tokens``: each batch carries ``loss_scale``, its labelled tokens over the mean of
     this epoch's batches. A batch's loss is a mean over its labelled tokens, so a batch of short
@@ -100,7 +106,10 @@ def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: i
         regrouped = []
         for c in range(0, len(batches) * batch_size, chunk):
             part = sorted(order[c:min(c + chunk, len(batches) * batch_size)], key=lambda i: table["length"][i])
-            regrouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+            if equal_tokens:
+                regrouped += balanced_batches(part, [table["length"][i] for i in part], len(part) // batch_size)
+            else:
+                regrouped += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
         batches = [regrouped[i] for i in rng.permutation(len(regrouped))]
     if weight_by_tokens:
         labelled = [sum(1 for tag in row if tag != IGNORE) for row in table["labels"]]
@@ -111,6 +120,28 @@ def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: i
         if weight_by_tokens:
             raw["loss_scale"] = counts[n] / mean
         yield raw
+
+
+def balanced_batches(items: Sequence[int], lengths: Sequence[int], n: int) -> list[list[int]]:
+    """``items`` (sorted by ascending ``lengths``) cut into ``n`` consecutive batches of about equal tokens.
+
+    Batch k ends where the running sum of lengths reaches k/n of the total, so each batch holds
+    about total/n tokens; every batch keeps at least one window. Sorted windows pad little, so
+    padded sizes come out about equal too.
+    """
+    if n < 1 or len(items) < n:
+        raise ValueError(f"cannot cut {len(items)} windows into {n} batches")
+    total = float(sum(lengths))
+    ends, running, j = [], 0, 0
+    for k in range(1, n):
+        while j < len(items) and running + lengths[j] / 2 < k * total / n:  # nearest cut to the target
+            running += lengths[j]
+            j += 1
+        j = min(max(j, (ends[-1] if ends else 0) + 1), len(items) - (n - k))  # nonempty, room for the rest
+        running = sum(lengths[:j])
+        ends.append(j)
+    bounds = [0, *ends, len(items)]
+    return [list(items[bounds[k]:bounds[k + 1]]) for k in range(n)]
 
 
 def eval_batches(path: str | Path, batch_size: int, *, rank: int, world_size: int) -> Iterator[dict[str, list]]:
