@@ -50,8 +50,8 @@ class NERDataConfig:
     group_by_length: bool = False
     """Batch windows of similar length together (less padding); the batch order stays random."""
     equal_tokens: bool = False
-    """With group_by_length: cut each length-sorted chunk into batches of about equal padded tokens
-    (many short windows or few long ones) instead of equal window counts; same number of steps.
+    """With group_by_length: cut each length-sorted chunk into batches of about equal tokens
+    (many short windows or few long ones; sorted, they pad about equally too) instead of equal window counts; same number of steps.
     Every step then sees about as many words as a random batch: see docs/ner.md."""
     weight_by_tokens: bool = False
     """Weigh each batch's loss by its labelled tokens against the epoch's mean batch, so that a batch

@@ -11,6 +11,7 @@ published table used).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -84,7 +85,7 @@ def train_batches(path: str | Path, batch_size: int, *, rank: int, world_size: i
     ``group_by_length`` idea): far less padding, still a random order.
 
     ``equal_tokens`` (with ``group_by_length``): each sorted chunk is cut into the same number of
-    batches, but by padded tokens instead of windows (``balanced_batches``): many short windows
+    batches, but by tokens instead of windows (``balanced_batches``): many short windows
     to a batch, few long ones. Every step then sees about as many words as a random batch does,
     where fixed-size grouped batches range from a few dozen words to thousands (docs/ner.md).
 
@@ -131,14 +132,12 @@ def balanced_batches(items: Sequence[int], lengths: Sequence[int], n: int) -> li
     """
     if n < 1 or len(items) < n:
         raise ValueError(f"cannot cut {len(items)} windows into {n} batches")
-    total = float(sum(lengths))
-    ends, running, j = [], 0, 0
+    before = list(itertools.accumulate(lengths, initial=0))  # before[j]: tokens of items[:j]
+    ends, j = [], 0
     for k in range(1, n):
-        while j < len(items) and running + lengths[j] / 2 < k * total / n:  # nearest cut to the target
-            running += lengths[j]
+        while j < len(items) and before[j] + lengths[j] / 2 < k * before[-1] / n:  # nearest cut to the target
             j += 1
         j = min(max(j, (ends[-1] if ends else 0) + 1), len(items) - (n - k))  # nonempty, room for the rest
-        running = sum(lengths[:j])
         ends.append(j)
     bounds = [0, *ends, len(items)]
     return [list(items[bounds[k]:bounds[k + 1]]) for k in range(n)]
