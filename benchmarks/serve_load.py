@@ -33,8 +33,8 @@ concurrent callers (threads; a caller sends its next request when the previous i
 * ``serve-onnx`` and ``serve-onnx-int8``: ``serve`` with the model replica's ``runtime: onnxruntime``
   (the model exported to ONNX Runtime and fused when the replica loads it), the second with
   ``quantize: int8`` too (its F1: ``jobs/evaluate_ner.py --runtime onnxruntime --quantize int8``);
-  ``serve-onnx-int8-x2`` the same in two replicas of ``cores / 2`` threads each, ``serve-int8-x2``
-  ``serve-int8`` so.
+  ``serve-onnx-int8-x2`` the same in two replicas of ``cores / 2`` threads each, and ``serve-int8-x2``
+  ``serve-int8`` in two such replicas.
 
 ``--arms`` picks the optional arms (``pipeline`` and ``pipeline-again`` always run: the ratios are
 to them); on a CPU without bfloat16 units (no AMX or AVX512-BF16) leave out the ``bf16`` arms,
