@@ -78,14 +78,18 @@ def test_deepspeed_on_cpu_compiles_no_op(tmp_path):
     code = """
 import torch
 import deepspeed.comm.comm as dscomm
+import deepspeed.ops
+before = deepspeed.ops.__compatible_ops__.get("deepspeed_shm_comm", "absent")
 from galeno.train.config import OptimConfig, TrainerConfig
 from galeno.train.engine import build_engine
 engine, _ = build_engine(torch.nn.Linear(4, 2), TrainerConfig(deepspeed=True, global_batch=2, micro_batch=2),
                          OptimConfig(), torch.device("cpu"), 1)
 print("world", dscomm.get_world_size(), "shm op", dscomm.cdb.shm_comm_op)
+print("table restored", deepspeed.ops.__compatible_ops__.get("deepspeed_shm_comm", "absent") == before)
 """
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world 1 shm op None" in done.stdout
+    assert "table restored True" in done.stdout  # DeepSpeed's own table is left as it was
     assert not list(tmp_path.iterdir())

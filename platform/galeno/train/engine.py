@@ -8,6 +8,7 @@ the same recipe runs with or without DeepSpeed and with or without Ray.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -121,18 +122,30 @@ class Engine:
         self.module.train(mode)
 
 
-def _without_shm_comm_op() -> None:
-    """Keep DeepSpeed's CPU accelerator from building its shared-memory all-reduce op.
+@contextlib.contextmanager
+def _without_shm_comm_op():
+    """Keep DeepSpeed's CPU accelerator from building its shared-memory all-reduce op while it starts.
 
     DeepSpeed JIT-compiles that op (``deepspeed_shm_comm``, into ``~/.cache/torch_extensions``) when
     its communication backend starts, and compiles it again whenever its build flags change, which
     name the Python environment's include paths: every fresh clone or new virtualenv pays 1.5 min
     on 2 cores, in each run's first DeepSpeed process group. CPU runs (tests, the demo) all-reduce
     through gloo instead, the backend Ray Train's process group already uses; GPU runs never build it.
+    DeepSpeed's table of compatible ops is put back as it was on the way out.
     """
     import deepspeed.ops
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    ops, name = deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm"
+    missing = object()
+    before = ops.get(name, missing)
+    ops[name] = False
+    try:
+        yield
+    finally:
+        if before is missing:
+            ops.pop(name, None)
+        else:
+            ops[name] = before
 
 
 class DeepSpeedEngine(Engine):
@@ -145,11 +158,11 @@ class DeepSpeedEngine(Engine):
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("LOCAL_RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
-        if next(model.parameters()).device.type == "cpu":
-            _without_shm_comm_op()
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
-        )
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        with _without_shm_comm_op() if on_cpu else contextlib.nullcontext():
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            )
         self.module = self.engine.module
         self.grad_accum = self.engine.gradient_accumulation_steps()
 
