@@ -155,7 +155,7 @@ def to_onnxruntime(model, quantize: str = "", threads: Optional[int] = None, mlm
         path = Path(tmp) / "model.onnx"
         _export(module, field, path)
         fused = _fuse(path, model.config)
-        seven_bit = not cpu_has_vnni()
+        seven_bit = quantize == "int8" and not cpu_has_vnni()  # only int8 weights care
         if quantize == "int8":
             _quantize(path, Path(tmp) / "model-int8.onnx", seven_bit)
             path = Path(tmp) / "model-int8.onnx"
