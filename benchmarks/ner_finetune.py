@@ -41,7 +41,7 @@ def hf_trainer(model_dir: str, train_sentences, labels: list[str], out: Path, ar
     """The plain recipe: tokenise with truncation, label the first sub-token, Trainer defaults otherwise."""
     import torch
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+                              Trainer, TrainingArguments, set_seed)
 
     torch.set_num_threads(args.threads)
     label2id = {t: i for i, t in enumerate(labels)}
@@ -54,6 +54,7 @@ def hf_trainer(model_dir: str, train_sentences, labels: list[str], out: Path, ar
             labels_n.append(-100 if w is None or w == previous else label2id[s.tags[w]])
             previous = w
         rows.append({"input_ids": enc["input_ids"][n], "attention_mask": enc["attention_mask"][n], "labels": labels_n})
+    set_seed(args.seed)  # before the new head is initialised, as Hugging Face's run_ner.py does (the Trainer seeds later)
     model = AutoModelForTokenClassification.from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
     training = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=args.batch,
