@@ -368,6 +368,74 @@ def test_xml_damage_is_reported(tmp_path):
     assert [(d.id, d.reason) for d in docs] == [("a", None), ("bio:c.xml:2#truncated", "malformed_xml")]
 
 
+def bioc_collection(*documents: str, close: bool = True) -> str:
+    body = "".join(f"<document><id>{i}</id><passage><text>{t}</text></passage></document>" for i, t in documents)
+    return '<?xml version="1.0"?><collection><source>t</source>' + body + ("</collection>\n" if close else "")
+
+
+@pytest.fixture(params=[False, True], ids=["strict_libxml2", "recovering_libxml2"])
+def any_libxml2(request, monkeypatch):
+    """Our damage rule must not depend on libxml2's recovery, which changes between releases
+    (2.14 closes a truncated element where 2.13 stopped): run with a parser that recovers too."""
+    if request.param:
+        from lxml import etree
+
+        monkeypatch.setattr(readers, "_xml_parser", lambda: etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, recover=True))
+
+
+@pytest.mark.parametrize("cut, expected", [
+    ("<document><id>c</id><passage><te", ["a", "b", "bio:c.xml:3#truncated"]),  # inside a document
+    ("<document><id>c</id><passage><text>Tres.</text></passage>", ["a", "b", "bio:c.xml:3#truncated"]),
+    ("\n", ["a", "b", "bio:c.xml:3#truncated"]),                               # between documents
+    ("</collec", ["a", "b", "bio:c.xml:3#truncated"]),                          # in the end tag
+    ("</collection>", ["a", "b"]),                                              # not cut at all
+])
+def test_bioc_cut_off_is_our_rule(tmp_path, any_libxml2, cut, expected):
+    text = bioc_collection(("a", "Uno."), ("b", "Dos."), close=False) + cut
+    (tmp_path / "c.xml").write_text(text)
+    docs = read(tmp_path / "c.xml", "bioc", "bio")
+    assert [d.id for d in docs] == expected
+    assert [d.text for d in docs[:2]] == ["Uno.", "Dos."] and all(d.reason is None for d in docs[:2])
+    if len(docs) == 3:
+        last = docs[2]
+        assert last.reason == "malformed_xml" and last.text == "" and last.meta["documents_read"] == 2
+        assert last.meta.get("document_id") == ("c" if "<id>c" in cut else None)
+
+
+def test_bioc_damaged_document_is_rejected_alone(tmp_path):
+    text = bioc_collection(("a", "Uno."), ("b", "Dos & tres."), ("c", "Cuatro <i>cinco."), ("d", "Seis."))
+    (tmp_path / "c.xml").write_text(text)
+    docs = read(tmp_path / "c.xml", "bioc", "bio")
+    assert [(d.id, d.reason) for d in docs] == [
+        ("a", None), ("bio:c.xml:2#malformed", "malformed_xml"), ("bio:c.xml:3#malformed", "malformed_xml"),
+        ("d", None)]
+    assert docs[1].meta["document_id"] == "b" and "XMLSyntaxError" in docs[1].meta["error"]
+    assert docs[3].text == "Seis."
+
+
+def test_bioc_lone_document_and_empty_collection(tmp_path):
+    (tmp_path / "one.xml").write_text("<document><id>x</id><passage><text>Uno.</text></passage></document>\n")
+    assert [(d.id, d.text) for d in read(tmp_path / "one.xml", "bioc", "bio")] == [("x", "Uno.")]
+    (tmp_path / "none.xml").write_text("<collection><source>t</source></collection>")
+    assert only(read(tmp_path / "none.xml", "bioc", "bio")).reason == "empty"
+    (tmp_path / "junk.xml").write_text("this is <not xml")
+    assert only(read(tmp_path / "junk.xml", "bioc", "bio")).reason == "malformed_xml"
+
+
+@pytest.mark.parametrize("text", [
+    "<MEDDOCAN><TEXT><![CDATA[Paciente de 30 años.]]></TEXT><TAGS><NAME start='0' end='3'/>",
+    "<MEDDOCAN><TEXT><![CDATA[Paciente de 30 años.]]></TEXT><TAGS></TAGS></MEDDO",
+    "<MEDDOCAN><TEXT><![CDATA[Paciente de 30 años.]]></TEXT></MEDDOCAN><extra/>",
+])
+def test_i2b2_cut_off_is_our_rule(tmp_path, any_libxml2, text):
+    (tmp_path / "S1.xml").write_text(text)
+    doc = only(read(tmp_path / "S1.xml", "i2b2xml", "m"))
+    assert (doc.id, doc.reason, doc.text) == ("S1", "malformed_xml", "")
+    (tmp_path / "S2.xml").write_text("<MEDDOCAN><TEXT>Varón.</TEXT><TAGS/></MEDDOCAN>\n<!-- fin -->\n")
+    assert only(read(tmp_path / "S2.xml", "i2b2xml", "m")).text == "Varón."
+
+
 @pytest.mark.parametrize("gzip_records", [False, True])
 def test_warc_and_truncated_warc(tmp_path, gzip_records):
     path = tmp_path / "crawl.warc.gz"

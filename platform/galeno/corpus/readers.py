@@ -26,7 +26,6 @@ import json
 import os
 import re
 import zlib
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -355,27 +354,72 @@ def _read_jsonl(src: _Source) -> Iterator[Document]:
         yield src.doc(src.file_id, reason="empty")
 
 
-def _xml_parser(events: bool = False) -> Any:
+class MalformedXML(ValueError):
+    """XML that is not one complete, well-formed element by Galeno's own rule (see :func:`parse_xml`)."""
+
+
+# Whitespace, comments and processing instructions: what may stand between and after elements.
+_XML_MISC = r"(?:\s+|<!--.*?-->|<\?.*?\?>)*"
+_XML_MISC_RE = re.compile(_XML_MISC, re.S)
+_DOCUMENT_START = re.compile(r"<document[\s>]")
+_ROOT_START = re.compile(r"<(?![!?])([^\s/>]+)")
+_DOCUMENT_ID = re.compile(r"<id>\s*([^<]{1,200}?)\s*</id>")
+
+
+def _xml_parser() -> Any:
     from lxml import etree
 
     # Never fetch a DTD or expand entities: inputs are untrusted and workers are offline.
-    options = dict(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
-    if events:
-        return etree.XMLPullParser(events=("end",), tag="document", **options)
-    return etree.XMLParser(**options)
+    # Never recover either: whether libxml2 repairs a damaged tree, and how, changes between
+    # releases (2.14 closes a truncated element where 2.13 stopped), so damage is our call.
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                           huge_tree=True, recover=False)
 
 
-def _read_i2b2xml(src: _Source) -> Iterator[Document]:
+def _closes(text: str, name: str) -> bool:
+    """Whether ``text`` ends with the end tag of element ``name``, then only whitespace,
+    comments or processing instructions."""
+    at = text.rfind(f"</{name}")
+    return at >= 0 and re.fullmatch(rf"</{re.escape(name)}\s*>{_XML_MISC}", text[at:], re.S) is not None
+
+
+def parse_xml(text: str) -> Any:
+    """The root element of ``text``, which must be one complete, well-formed XML element.
+
+    Galeno's rule, the same on every libxml2 release: the text parses without recovery, *and*
+    it ends with the root's own end tag (a file cut off inside its last element is malformed
+    even where a parser would close that element for us). Raises :class:`MalformedXML`.
+    """
     from lxml import etree
 
-    data = _read_bytes(src.path)
-    declared = _XML_ENCODING.match(data)
-    text, encoding = _decode(data, hint=declared.group(1).decode("ascii") if declared else None)
-    text, bad = _settle(text)
     try:
         root = etree.fromstring(_XML_DECLARATION.sub("", text, count=1), parser=_xml_parser())
     except etree.XMLSyntaxError as exc:
-        yield src.doc(src.file_id, reason="malformed_xml", bad_bytes=bad, error=exc)
+        raise MalformedXML(f"XMLSyntaxError: {exc}") from exc
+    name = f"{root.prefix}:{etree.QName(root).localname}" if root.prefix else etree.QName(root).localname
+    if not _closes(text, name) and not (len(root) == 0 and text.rstrip().endswith("/>")):
+        raise MalformedXML(f"the file ends before </{name}>")
+    return root
+
+
+def read_xml_file(path: str) -> tuple[Any, int, Optional[str]]:
+    """An XML file's root (by :func:`parse_xml`), its undecodable bytes and its non-UTF-8 encoding.
+
+    The one place that reads a whole XML file: the i2b2 reader here and NER's MEDDOCAN reader
+    both call it, so they agree on what is damaged.
+    """
+    data = _read_bytes(path)
+    declared = _XML_ENCODING.match(data)
+    text, encoding = _decode(data, hint=declared.group(1).decode("ascii") if declared else None)
+    text, bad = _settle(text)
+    return parse_xml(text), bad, encoding
+
+
+def _read_i2b2xml(src: _Source) -> Iterator[Document]:
+    try:
+        root, bad, encoding = read_xml_file(src.path)
+    except MalformedXML as exc:
+        yield src.doc(src.file_id, reason="malformed_xml", error=exc)
         return
     body = root.findtext("TEXT")
     if body is None:
@@ -451,47 +495,69 @@ def _bioc_document(src: _Source, element: Any, n: int, bad: int) -> Document:
     return src.doc(doc_id, "\n".join(texts), reason=reason, bad_bytes=bad, **meta)
 
 
-def _release(element: Any) -> None:
-    """Free a parsed document and what came before it, so memory stays flat."""
-    element.clear(keep_tail=True)
-    while element.getprevious() is not None:
-        del element.getparent()[0]
+def _bioc_piece(src: _Source, piece: str, n: int, bad: int, first: bool) -> Document:
+    """Document ``n`` of a collection from its piece of the file, which ends at ``</document>``.
+
+    Each document is parsed on its own, strictly: damage stays with the document it is in,
+    and no parser's recovery decides what a damaged document holds.
+    """
+    if first:
+        start = _DOCUMENT_START.search(piece)  # after the prolog and the collection's header
+        at = start.start() if start else len(piece)
+    else:
+        at = _XML_MISC_RE.match(piece).end()
+    try:
+        return _bioc_document(src, parse_xml(piece[at:]), n, bad)
+    except MalformedXML as exc:
+        found = _DOCUMENT_ID.search(piece[at:])
+        return src.doc(f"{src.line_id(n)}#malformed", reason="malformed_xml", bad_bytes=bad, error=exc,
+                       **({"document_id": found.group(1)} if found else {}))
 
 
 def _read_bioc(src: _Source) -> Iterator[Document]:
-    from lxml import etree
+    """A BioC collection, one document at a time, by Galeno's own rule for damage.
 
+    The file is cut at each ``</document>`` and every piece is parsed strictly on its own
+    (:func:`parse_xml`). A piece that does not parse is rejected as ``malformed_xml``
+    (``…:N#malformed``) and the next one is read as usual. What follows the last
+    ``</document>`` must close the collection; otherwise the file was cut off, and one
+    ``…:N#truncated`` record (``malformed_xml``) stands for document N, the one cut short,
+    and whatever came after it. The same input gives the same documents on every libxml2.
+    """
     marker = "</document>"
-    parser = _xml_parser(events=True)
-    bad_per_document: deque[int] = deque()
-    pending_bad = 0
     count = 0
-
-    def parsed() -> Iterator[Document]:
-        nonlocal count
-        for _, element in parser.read_events():
-            count += 1
-            bad = bad_per_document.popleft() if bad_per_document else 0
-            yield _bioc_document(src, element, count, bad)
-            _release(element)
-
-    try:
-        for piece, bad in _xml_pieces(src.path, marker):
-            pending_bad += bad
-            if piece.endswith(marker):
-                bad_per_document.append(pending_bad)
-                pending_bad = 0
-            parser.feed(piece)
-            yield from parsed()
-        parser.close()
-    except etree.XMLSyntaxError as exc:
-        yield from parsed()
-        yield src.doc(f"{src.line_id(count + 1)}#truncated", reason="malformed_xml",
-                      bad_bytes=pending_bad, error=exc, documents_read=count)
-        return
-    yield from parsed()
+    root = None
+    tail, tail_bad = "", 0
+    for piece, bad in _xml_pieces(src.path, marker):
+        if root is None:
+            found = _ROOT_START.search(piece)
+            root = found.group(1) if found else ""
+        if not piece.endswith(marker):
+            tail, tail_bad = piece, bad  # only the last piece lacks the marker
+            break
+        count += 1
+        yield _bioc_piece(src, piece, count, bad, first=count == 1)
     if count == 0:
+        if not tail.strip():
+            yield src.doc(src.file_id, reason="empty")
+            return
+        try:  # a collection without documents, or something that is not one
+            parse_xml(tail)
+        except MalformedXML as exc:
+            yield src.doc(f"{src.line_id(1)}#truncated", reason="malformed_xml",
+                          bad_bytes=tail_bad, error=exc, documents_read=0)
+            return
         yield src.doc(src.file_id, reason="empty")
+        return
+    if root == "document" and count == 1 and _XML_MISC_RE.fullmatch(tail):
+        return  # a lone BioC document as the whole file
+    if root and _closes(tail, root) and _XML_MISC_RE.fullmatch(tail[: tail.rfind(f"</{root}")]):
+        return
+    cut = _DOCUMENT_START.search(tail)
+    found = _DOCUMENT_ID.search(tail[cut.start():]) if cut else None
+    yield src.doc(f"{src.line_id(count + 1)}#truncated", reason="malformed_xml", bad_bytes=tail_bad,
+                  error=MalformedXML(f"the file ends before </{root or 'collection'}>"),
+                  documents_read=count, **({"document_id": found.group(1)} if found else {}))
 
 
 _NO_SPACE_BEFORE = frozenset(".,;:)]%")

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from galeno.corpus.readers import MalformedXML, read_file, read_xml_file
 from galeno.corpus.sentences import ClinicalSentenceSplitter
 from galeno.ner.metrics import bio_spans
 
@@ -325,8 +326,6 @@ def read_brat(pattern: str | Path) -> tuple[list[NERDocument], dict[str, int]]:
     document without entities [``missing_ann``], an ``.ann`` without its ``.txt`` is skipped
     [``missing_txt``]. Ids are file stems, as in the corpus stage.
     """
-    from galeno.corpus.readers import read_file
-
     stats: Counter = Counter()
     splitter = ClinicalSentenceSplitter()
     docs = []
@@ -358,18 +357,14 @@ def read_i2b2_xml(pattern: str | Path) -> tuple[list[NERDocument], dict[str, int
     ``TYPE`` (the label; the element name when absent) and the quoted ``text``. A file that
     does not parse is skipped [``malformed_xml``]. Ids are file stems, as for brat.
     """
-    from lxml import etree
-
-    # Never fetch a DTD or expand entities: inputs are untrusted and workers are offline.
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
     stats: Counter = Counter()
     splitter = ClinicalSentenceSplitter()
     docs = []
     for path in _files(pattern, (".xml",)):
         doc_id = Path(path).stem
         try:
-            root = etree.parse(path, parser).getroot()
-        except etree.XMLSyntaxError as err:
+            root, _, _ = read_xml_file(path)  # the corpus reader's rule for damaged XML
+        except MalformedXML as err:
             log.warning("%s: not well-formed XML, skipped (%s)", path, err)
             stats["malformed_xml"] += 1
             continue
