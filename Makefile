@@ -5,18 +5,25 @@ PY := $(VENV)/bin/python
 EXTRAS ?= corpus,train,tracking,serve,dev
 PYTEST_ARGS ?=
 TORCH_VERSION ?= 2.13.0
+# The exact versions CI last passed with, as pip constraints (docs/dependencies.md). Every install
+# goes through it; `make install LOCK=` installs from pyproject.toml's ranges instead.
+LOCK ?= requirements/lock.txt
+LOCK_FILE := requirements/lock.txt
 comma := ,
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))$(if $(LOCK),-locked,-ranges)
+PIP_INSTALL := $(PY) -m pip install -q --no-compile $(if $(LOCK),-c $(LOCK))
+LATEST_VENV ?= .venv-latest
 
-.PHONY: install browser demo serve test test-extended test-fast corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
+.PHONY: install browser demo serve test test-extended test-fast test-latest lock corpus-shared tokenizer-shared bench bench-pretrain bench-setup mlflow-ui clean help
 help:
-	@echo "make demo | serve | test | test-fast | browser | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
+	@echo "make demo | serve | test | test-fast | test-latest | lock | browser | mlflow-ui | corpus-shared | tokenizer-shared | bench | bench-pretrain | clean"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) $(if $(LOCK),with the versions of $(LOCK),from the ranges of pyproject.toml) (2-3 min on a fresh machine)"
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile "torch==$(TORCH_VERSION)"  # before the extras: see pyproject.toml
-	$(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]"
+	$(PIP_INSTALL) "torch==$(TORCH_VERSION)"  # before the extras: see pyproject.toml
+	$(PIP_INSTALL) -e ".[$(EXTRAS)]"
 	@# pip's bytecode step on every core (pip's own runs on one: 86 of 171 s here); PYTHONDONTWRITEBYTECODE
 	@# environments never cache it later. `|| true`: torch ships one 3.12-only file that pip skips too.
 	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
@@ -59,6 +66,26 @@ test-extended: install  ## the tests too slow for CI: ray job submit of all six 
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow and not extended" $(PYTEST_ARGS)
+
+# Drift: what a user who installs from the ranges today gets, in its own environment, tested.
+# torch stays at TORCH_VERSION (a newer one is a multi-GB CUDA download): TORCH_VERSION=... to move it.
+test-latest:  ## the newest versions pyproject.toml allows, fresh in .venv-latest: what moved against the lock, then the fast tests
+	rm -rf $(LATEST_VENV)
+	$(MAKE) --no-print-directory install VENV=$(LATEST_VENV) LOCK=
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/' > $(LATEST_VENV)/freeze.txt
+	@echo "versions that moved against $(LOCK_FILE) (- locked, + newest the ranges allow):"
+	@diff -U0 $(LOCK_FILE) $(LATEST_VENV)/freeze.txt | grep -E '^[-+][A-Za-z0-9]' || echo "  none"
+	$(LATEST_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider -m "not slow and not extended" $(PYTEST_ARGS)
+	@echo "the newest versions pass the fast tests: 'make lock' writes them to $(LOCK_FILE); then 'make test'"
+
+lock:  ## write the versions that 'make test-latest' just tested to requirements/lock.txt
+	@test -f $(LATEST_VENV)/freeze.txt || { echo "run 'make test-latest' first: it builds and tests the environment this locks"; exit 1; }
+	mkdir -p $(dir $(LOCK_FILE))
+	{ echo "# Exact versions, as pip constraints, that Galeno's tests pass with (Linux x86_64, CPython 3.11)."; \
+	  echo "# Written by 'make lock' from the environment 'make test-latest' built and tested; see docs/dependencies.md."; \
+	  echo "# torch is pinned by its public version, so a CUDA build of the same release satisfies it."; \
+	  cat $(LATEST_VENV)/freeze.txt; } > $(LOCK_FILE)
+	@echo "$(LOCK_FILE) updated: run 'make test' (it reinstalls .venv from it), then commit it"
 
 corpus-shared: install  ## the corpus job on all of ../shared/data
 	$(PY) jobs/clean_corpus.py --config configs/corpus/shared.yaml
