@@ -107,7 +107,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "platform"))
     import torch
 
-    from galeno.ner.align import label_map
+    from galeno.inference.align import label_map
     from galeno.ner.data import read_conll
     from galeno.ner.evaluate import evaluate, summary
     from galeno.runtime import setup_logging

@@ -1,6 +1,6 @@
 """How a Serve replica splits a batch into forward passes: fixed passes against passes planned by
-``galeno.serve.models.plan_chunks`` (a pass's fixed cost against padding), on the replica's own
-model code (``ner_batch``), in this process, without Serve.
+``galeno.inference.forward.plan_chunks`` (a pass's fixed cost against padding), on the replica's own
+model code (``galeno.inference.token_classification.predict_entities``), in this process, without Serve.
 
     python benchmarks/serve_passes.py                          # BERT-base size, float32 and bfloat16
     python benchmarks/serve_passes.py --model minilm --rounds 5
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from galeno.serve.models import ModelSource, load_ner, ner_batch
+    from galeno.inference.loading import load_ner, local_source
+    from galeno.inference.token_classification import predict_entities
 
     rng = random.Random(0)
     texts = sentences(400)
@@ -54,17 +55,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = build_models(Path(tmp), args.model)["ner"]
         for dtype in args.dtypes.split(","):
-            loaded = load_ner(ModelSource(path, path), 128, dtype="" if dtype == "float32" else dtype)
+            loaded = load_ner(local_source(path), 128, dtype="" if dtype == "float32" else dtype)
             arms = {"one": (1, 0), "fixed": (args.batch, 0)}
             arms.update({f"overhead-{o}": (args.batch, int(o)) for o in args.overheads.split(",")})
-            ner_batch(loaded, batches[0], stride=32, chunk=32)  # warm-up
+            predict_entities(loaded, batches[0], stride=32, chunk=32)  # warm-up
             row = results.setdefault(dtype, {})
             for _ in range(args.rounds):
                 for arm, (per_call, overhead) in arms.items():
                     start = time.perf_counter()
                     for batch in batches:
                         for a in range(0, len(batch), per_call):
-                            ner_batch(loaded, batch[a:a + per_call], stride=32, chunk=32, overhead_tokens=overhead)
+                            predict_entities(loaded, batch[a:a + per_call], stride=32, chunk=32, overhead_tokens=overhead)
                     row.setdefault(arm, []).append(n / (time.perf_counter() - start))
     print(f"{args.model}: {args.batches} batches of {args.batch} requests, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads; median sequences/s (× fixed)")

@@ -1,4 +1,4 @@
-"""Builders of stage outputs for tests: a corpus folder in the corpus job's output layout."""
+"""Builders for tests: a corpus folder in the corpus job's output layout, tiny models built here (no downloads)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from galeno import paths
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
 
 
 def write_corpus(out: Path, docs: list[dict]) -> Path:
@@ -36,3 +39,57 @@ def tracked_run(output):
     record = json.loads(paths.mlflow_run_file(output).read_text())
     mc = client()
     return mc, mc.get_run(record["run_id"])
+
+
+def tiny_models(root: Path) -> dict[str, Path]:
+    """A 2-layer RoBERTa masked LM (hidden size 32) and two biased NER taggers, with a BPE trained on the sample."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (RobertaConfig, RobertaForMaskedLM, RobertaForTokenClassification,
+                              RobertaTokenizerFast)
+
+    from galeno.ner.data import read_conll
+
+    docs, _ = read_conll(SAMPLE_CONLL)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([s.text for d in docs for s in d.sentences], vocab_size=600, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    root.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(root / "bpe.json"))
+    tokenizer = RobertaTokenizerFast(tokenizer_file=str(root / "bpe.json"), model_max_length=64)
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    out = {"mlm": root / "mlm", "ner": root / "ner", "ner2": root / "ner2"}
+    RobertaForMaskedLM(RobertaConfig(**config)).save_pretrained(out["mlm"])
+    # untrained, but biased: the first NER model tags every word B-X (each word an entity), the
+    # second I-Y (each sentence one entity): structure to check, deterministically
+    for key, kind, bias in (("ner", "X", [0.0, 50.0, 0.0]), ("ner2", "Y", [0.0, 0.0, 50.0])):
+        labels = {0: "O", 1: f"B-{kind}", 2: f"I-{kind}"}
+        model = RobertaForTokenClassification(RobertaConfig(**config, num_labels=3, id2label=labels,
+                                                            label2id={v: k for k, v in labels.items()}))
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.tensor(bias))
+        model.save_pretrained(out[key])
+    for path in out.values():
+        tokenizer.save_pretrained(path)
+    return out
+
+
+def random_tagger(like: Path, out: Path) -> Path:
+    """An untrained tagger with five labels whose answers vary with the context, its logits spread wide so that
+    the rounding of another batch's padding cannot flip an argmax."""
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForTokenClassification
+
+    labels = {0: "O", 1: "B-X", 2: "I-X", 3: "B-Y", 4: "I-Y"}
+    config = RobertaConfig.from_pretrained(like)
+    config.num_labels, config.id2label, config.label2id = 5, labels, {v: k for k, v in labels.items()}
+    torch.manual_seed(3)
+    model = RobertaForTokenClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(40.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(like).save_pretrained(out)
+    return out

@@ -25,7 +25,8 @@ import pytest
 pytest.importorskip("mlflow")
 pytest.importorskip("transformers")
 
-from galeno.registry import PromotionRefused, history, promote, register_model, resolve_model  # noqa: E402
+from galeno.inference.source import resolve_model  # noqa: E402
+from galeno.registry import PromotionRefused, history, promote, register_model  # noqa: E402
 from galeno.tracking import RunLogger, TrackingConfig, tracking_uri  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -241,7 +242,7 @@ def test_embedded_store_register_promote_load(tiny_models, tmp_path, monkeypatch
     # default (which would be a new ./mlflow.db in its working directory: a Serve replica's case).
     elsewhere = tmp_path / "replica"
     elsewhere.mkdir()
-    probe = ("import sys; from galeno.registry import resolve_model; from galeno.tracking import TrackingConfig; "
+    probe = ("import sys; from galeno.inference.source import resolve_model; from galeno.tracking import TrackingConfig; "
              "print(resolve_model('models:/galeno-mlm@champion', TrackingConfig(tracking_uri=sys.argv[1]), sys.argv[2]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "GALENO_HOME"}
     done = subprocess.run([sys.executable, "-c", probe, uri, str(elsewhere / "cache")], capture_output=True,

@@ -229,9 +229,9 @@ def load(cls: type[T], config: str | Path | None = None,
     """Defaults, then the YAML preset, then ``extra`` (from flags), then dotted overrides."""
     data: dict[str, Any] = to_dict(cls())
     if config:
-        _merge(data, load_yaml(config))
+        merge(data, load_yaml(config))
     if extra:
-        _merge(data, dict(extra))
+        merge(data, dict(extra))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
@@ -240,10 +240,10 @@ def load(cls: type[T], config: str | Path | None = None,
     return from_dict(cls, data)
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
 
@@ -303,7 +303,7 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | No
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
     extra: dict[str, Any] = {}
     for path in args.config or ():
-        _merge(extra, load_yaml(path))
+        merge(extra, load_yaml(path))
     for flag in flags:
         value = getattr(args, flag.name.lstrip("-").replace("-", "_"))
         if value is not None:

@@ -107,7 +107,7 @@ def _command(script: str, stage: StageConfig, *flags: str) -> list[str]:
 
 def _registered(done: Path) -> tuple[str, str] | None:
     """(name, version) of the model a training stage registered, from its recorded summary."""
-    from galeno.registry import split_models_uri
+    from galeno.inference.source import split_models_uri
 
     uri = json.loads(done.read_text()).get("registered_model") or ""
     if not uri.startswith("models:/"):

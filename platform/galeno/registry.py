@@ -7,8 +7,8 @@ Runs and the tracking configuration live in :mod:`galeno.tracking`; this module 
   of ``galeno-mlm`` / ``galeno-ner-<task>``, tagged with its lineage and dev metrics. Our own
   model, not the transformers flavor: MLflow's generic wrapper reduces NER output to a string of
   labels and fill-mask to its top-1, and the flavor pulls torchvision into the requirements.
-  :func:`resolve_model` turns ``models:/NAME/N`` or ``models:/NAME@alias`` into a local Hugging
-  Face directory: jobs call it wherever they accept a model path.
+  Loading a registered model back (``models:/NAME/N``, ``models:/NAME@alias``) is
+  :func:`galeno.inference.source.resolve_model`'s, the layer that runs models.
 * :func:`promote` moves an alias (``champion``) to a version only if its dev metric is at least
   as good as the current holder's, unless forced, and records who, when and why as tags.
 
@@ -21,14 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from galeno import paths
+from galeno.inference.fill_mask import InputError, fill_masks
+from galeno.inference.loading import load_fill_mask, load_ner, local_source
+from galeno.inference.token_classification import predict_texts
 from galeno.tracking import (MAX_KEY, MAX_TAG_VALUE, TrackingConfig, as_float, client, current_user,
                              ensure_experiment, system_tags, tracking_uri)
 
@@ -68,59 +68,53 @@ def _texts(model_input: Any) -> list[str]:
     return values
 
 
-def _pipeline(task: str, model_dir: str, **kwargs: Any):
-    """A transformers pipeline of the model in ``model_dir``, on the GPU when there is one."""
-    import torch
-    from transformers import AutoTokenizer, pipeline
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return pipeline(task, model=model_dir, tokenizer=tokenizer, device=device, **kwargs)
+#: Sub-tokens per window of a registered model (capped by the model's own positions, as Serve's default).
+PYFUNC_MAX_LENGTH = 512
+#: Words shared by consecutive windows of a long sentence (Serve's default).
+PYFUNC_STRIDE = 32
 
 
 class GalenoFillMask:
     """The pretrained MLM as a served model: the top-k fillers of every ``<mask>`` of every text.
 
     Input: texts. Param ``top_k`` (default 5). Output: one list per text of
-    ``{mask, token, token_str, score, sequence}`` (``mask`` numbers the masks of a text from 0).
-    MLflow's ``PythonModel`` is mixed in by :func:`pyfunc_model`.
+    ``{mask, token, token_str, score, sequence}`` (``mask`` numbers the masks of a text from 0,
+    ``token`` is the token id, as Hugging Face's pipeline says it). Predictions come from
+    :mod:`galeno.inference.fill_mask`, the code Serve replicas run. MLflow's ``PythonModel`` is
+    mixed in by :func:`pyfunc_model`.
     """
 
     def load_context(self, context) -> None:
-        self.pipe = _pipeline("fill-mask", context.artifacts["model"])
+        self.loaded = load_fill_mask(local_source(context.artifacts["model"]), PYFUNC_MAX_LENGTH, want_gpu=True)
 
     # No type hints on predict: MLflow would derive a schema from them instead of our signature.
     def predict(self, context, model_input, params=None):
         top_k = int((params or {}).get("top_k", 5))
-        mask = self.pipe.tokenizer.mask_token
         out = []
-        for i, text in enumerate(_texts(model_input)):
-            if mask not in text:
-                raise ValueError(f"text {i} has no {mask} to fill: {text[:80]!r}")
-            found = self.pipe(text, top_k=top_k)
-            per_mask = found if found and isinstance(found[0], list) else [found]
-            out.append([{"mask": m, "token": int(p["token"]), "token_str": p["token_str"],
-                         "score": float(p["score"]), "sequence": p["sequence"]}
-                        for m, preds in enumerate(per_mask) for p in preds])
+        for i, found in enumerate(fill_masks(self.loaded, [(t, top_k) for t in _texts(model_input)])):
+            if isinstance(found, InputError):
+                raise ValueError(f"text {i}: {found}")  # the message never quotes the text
+            out.append([{"mask": m, "token": c["token_id"], "token_str": c["token_str"], "score": c["score"],
+                         "sequence": c["sequence"]} for m, one in enumerate(found) for c in one["candidates"]])
         return out
 
 
 class GalenoNER:
     """A token-classification model as a served model: the entities of every text, with offsets.
 
-    Input: texts. Output: one list per text of ``{entity_group, score, word, start, end}``
-    (BIO tags merged into entities, ``aggregation_strategy="simple"``); ``text[start:end]`` is
-    the entity. MLflow's ``PythonModel`` is mixed in by :func:`pyfunc_model`.
+    Input: texts. Output: one list per text of ``{entity_group, score, word, start, end}`` (Hugging
+    Face's pipeline keys; ``aggregation_strategy="simple"``); ``text[start:end] == word``. Predictions
+    come from :mod:`galeno.inference.token_classification`, the code Serve replicas and
+    ``jobs/evaluate_ner.py`` run. MLflow's ``PythonModel`` is mixed in by :func:`pyfunc_model`.
     """
 
     def load_context(self, context) -> None:
-        self.pipe = _pipeline("token-classification", context.artifacts["model"], aggregation_strategy="simple")
+        self.loaded = load_ner(local_source(context.artifacts["model"]), PYFUNC_MAX_LENGTH, want_gpu=True)
 
     def predict(self, context, model_input, params=None):
-        # A lone whitespace token (byte-level BPE's "Ġ") tags as an entity with an empty span: dropped.
-        return [[{"entity_group": e["entity_group"], "score": float(e["score"]), "word": e["word"],
-                  "start": int(e["start"]), "end": int(e["end"])} for e in self.pipe(text) if e["end"] > e["start"]]
-                for text in _texts(model_input)]
+        found = predict_texts(self.loaded, _texts(model_input), "simple", stride=PYFUNC_STRIDE)
+        return [[{"entity_group": e["label"], "score": e["score"], "word": e["text"], "start": e["start"],
+                  "end": e["end"]} for e in entities] for entities in found]
 
 
 _PYFUNC_CLASSES = {"fill-mask": GalenoFillMask, "ner": GalenoNER}
@@ -145,11 +139,13 @@ mlflow.models.set_model(pyfunc_model({kind!r}))
 """
 
 
-def _requirements() -> list[str]:
-    """Explicit pins of what the served model imports (MLflow's inference would add torchvision and more)."""
+def _requirements(kind: str) -> list[str]:
+    """Explicit pins of what the served model imports (MLflow's inference would add torchvision and more);
+    NER also splits sentences as training did (syntok, the splitter's fallback)."""
     from importlib.metadata import version
 
     dists = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
+    dists += ("syntok",) if kind == "ner" else ()
     # a local build label (2.13.0+cpu) would not install on a GPU image; ==2.13.0 matches any of them
     return [f"{d}=={version(d).split('+')[0]}" for d in dists]
 
@@ -236,7 +232,7 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(code), artifacts={"model": str(model_dir)},
                 code_paths=[str(package)], signature=signature, input_example=example,
-                pip_requirements=_requirements(), registered_model_name=name, tags=tags)
+                pip_requirements=_requirements(kind), registered_model_name=name, tags=tags)
             if metrics:
                 mlflow.log_metrics({k: as_float(v) for k, v in metrics.items() if as_float(v) is not None},
                                    step=step, model_id=info.model_id)
@@ -247,72 +243,6 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     mc.set_registered_model_tag(name, "galeno.kind", kind)
     log.info("registered %s version %s (%s) from %s", name, version, kind, model_dir)
     return version
-
-
-# --------------------------------------------------------------------------- loading by URI
-def split_models_uri(uri: str) -> tuple[str, str, str]:
-    """``(name, reference, kind)`` of ``models:/NAME/N`` (kind ``version``), ``models:/NAME/latest``
-    (``latest``) or ``models:/NAME@alias`` (``alias``), without asking the registry."""
-    rest = uri.removeprefix("models:/").strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, "alias"
-    name, _, reference = rest.rpartition("/")
-    if not name:
-        raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return name, reference, "latest" if reference == "latest" else "version"
-
-
-def _parse_models_uri(uri: str, mc) -> tuple[str, str]:
-    """``models:/NAME/N``, ``models:/NAME/latest`` or ``models:/NAME@alias`` as (name, version)."""
-    name, version, kind = split_models_uri(uri)
-    if kind == "alias":
-        return name, str(mc.get_model_version_by_alias(name, version).version)
-    if kind == "latest":
-        found = mc.search_model_versions(f"name = '{name}'")
-        if not found:
-            raise ValueError(f"{uri!r}: {name} has no versions")
-        version = str(max(int(v.version) for v in found))
-    return name, version
-
-
-def resolve_model(uri_or_path: str | Path, cfg: TrackingConfig | None = None,
-                  cache: str | Path | None = None) -> str:
-    """The local Hugging Face directory of a model path or registry URI.
-
-    Jobs pass every model path they accept through this, so ``models:/galeno-mlm@champion`` and
-    ``models:/galeno-mlm/3`` work wherever a folder does. A local path (or any other string) is
-    returned as it is. A registry version is downloaded once into ``cache`` (default
-    ``<artifact root>/mlflow/models/NAME/VERSION``) and its ``artifacts/model`` returned; an
-    alias is resolved to its version at call time, so moving it takes effect at the next call.
-    """
-    text = str(uri_or_path)
-    if not text.startswith("models:/"):
-        return text
-    import mlflow.artifacts
-    from mlflow.models import Model
-
-    uri = tracking_uri(cfg)
-    name, version = _parse_models_uri(text, client(cfg))
-    target = Path(cache) if cache else paths.mlflow_home() / "models"
-    target = (target / name / version).resolve()
-    if not (target / "MLmodel").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{version}-{uuid.uuid4().hex[:8]}"
-        try:
-            # the version's storage location, not models:/ (whose repository asks a registry client
-            # built from the process's global MLflow URI, not ours: a fresh Serve replica has none)
-            source = client(cfg).get_model_version_download_uri(name, version)
-            got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=uri)
-            try:
-                os.replace(got, target)  # atomic: concurrent workers on one node download at most twice
-            except OSError:
-                if not (target / "MLmodel").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    artifact = Model.load(str(target)).flavors["python_function"]["artifacts"]["model"]["path"]
-    return str(target / artifact)
 
 
 # --------------------------------------------------------------------------- promotion

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from galeno.ner.align import (
+from galeno.inference.align import (
     IGNORE,
     encode_sentences,
     label_map,
@@ -13,7 +13,7 @@ from galeno.ner.align import (
     window_stats,
     word_predictions,
 )
-from galeno.ner.data import Sentence, Token
+from galeno.inference.text import Sentence, Token
 
 TOKENIZERS = ["bert_tokenizer", "roberta_tokenizer"]
 

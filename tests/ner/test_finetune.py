@@ -126,7 +126,7 @@ def test_the_loop_and_the_evaluation_job_agree(finetuned, shared_data, capsys):
 def test_runs_are_tracked_and_the_model_registered(finetuned):
     import mlflow.pyfunc
 
-    from galeno.registry import resolve_model
+    from galeno.inference.source import resolve_model
 
     out, results = finetuned
     assert results["registered_model"].startswith("models:/galeno-ner-pharmaconer/")

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from galeno.ner.align import IGNORE, label_map  # noqa: E402
+from galeno.inference.align import IGNORE, label_map  # noqa: E402
 from galeno.ner.metrics import entity_scores  # noqa: E402
 from galeno.ner.task import (NERTask, balanced_batches, decode, encode_rows, eval_batches,  # noqa: E402
                              train_batches, write_rows)

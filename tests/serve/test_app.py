@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.builders import random_tagger, tiny_models
 from tests.conftest import free_port
 
 httpx = pytest.importorskip("httpx")
@@ -23,52 +24,17 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
-WORD = re.compile(r"[^\W_]+|[^\s\ufeff\u200b]")  # galeno.ner.data.TOKEN_PATTERN
+MEDDOCAN_DEV = REPO / "data" / "sample" / "meddocan" / "dev" / "brat"
+WORD = re.compile(r"[^\W_]+|[^\s\ufeff\u200b]")  # galeno.inference.text.TOKEN_PATTERN
 APP = "galeno-test"
 # Serve's callers and replicas push autoscaling metrics every 10 s by default; 1 s keeps the scaling test short
 RAY_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
 
 
-# --------------------------------------------------------------------------- tiny models
-def _tiny_models(root: Path) -> dict[str, Path]:
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import (RobertaConfig, RobertaForMaskedLM, RobertaForTokenClassification,
-                              RobertaTokenizerFast)
-
-    from galeno.ner.data import read_conll
-
-    docs, _ = read_conll(SAMPLE_CONLL)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([s.text for d in docs for s in d.sentences], vocab_size=600, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    root.mkdir(parents=True, exist_ok=True)
-    bpe.save(str(root / "bpe.json"))
-    tokenizer = RobertaTokenizerFast(tokenizer_file=str(root / "bpe.json"), model_max_length=64)
-    config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    out = {"mlm": root / "mlm", "ner": root / "ner", "ner2": root / "ner2"}
-    RobertaForMaskedLM(RobertaConfig(**config)).save_pretrained(out["mlm"])
-    # untrained, but biased: the first NER model tags every word B-X (each word an entity), the
-    # second I-Y (each sentence one entity): structure to check, deterministically
-    for key, kind, bias in (("ner", "X", [0.0, 50.0, 0.0]), ("ner2", "Y", [0.0, 0.0, 50.0])):
-        labels = {0: "O", 1: f"B-{kind}", 2: f"I-{kind}"}
-        model = RobertaForTokenClassification(RobertaConfig(**config, num_labels=3, id2label=labels,
-                                                            label2id={v: k for k, v in labels.items()}))
-        with torch.no_grad():
-            model.classifier.bias.copy_(torch.tensor(bias))
-        model.save_pretrained(out[key])
-    for path in out.values():
-        tokenizer.save_pretrained(path)
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    return _tiny_models(tmp_path_factory.mktemp("serve-models"))
+    return tiny_models(tmp_path_factory.mktemp("serve-models"))
 
 
 def _args(models: dict[str, Path], **extra) -> dict:
@@ -150,14 +116,16 @@ def _assert_entities(text: str, entities: list[dict]) -> None:
 # --------------------------------------------------------------------------- model code, no Serve
 def test_model_code_offsets_windows_and_strategies(models):
     """NER on a long sentence (several windows) and every strategy; fill-mask's window and sequence."""
-    from galeno.serve.models import (InputError, ModelSource, fill_mask_batch, load_fill_mask, load_ner,
-                                     ner_batch)
+    from galeno.inference.fill_mask import InputError, fill_mask_batch
+    from galeno.inference.loading import load_fill_mask, load_ner
+    from galeno.inference.source import ModelSource
+    from galeno.inference.token_classification import predict_entities
 
     ner = load_ner(ModelSource(str(models["ner"]), str(models["ner"])), max_length=64)
     long_text = "  Paciente  con " + " ".join(f"palabra{i}, dolor" for i in range(60)) + ".\nÚltima línea: p53 (3 mg)."
     short = "Ácido acetilsalicílico 100 mg 🙂 y enalapril."
     for strategy in ("simple", "first", "average", "max"):
-        (entities_long, entities_short), = ner_batch(ner, [([long_text, short], strategy)], stride=4, chunk=3)
+        (entities_long, entities_short), = predict_entities(ner, [([long_text, short], strategy)], stride=4, chunk=3)
         for text, entities in ((long_text, entities_long), (short, entities_short)):
             _assert_entities(text, entities)
             # every word tagged B-X: one entity per word token, in order
@@ -193,7 +161,7 @@ def test_forward_passes_split_where_padding_costs_more_than_a_pass():
     sequence from padding short ones, and with no overhead is fixed passes of max_rows."""
     import random
 
-    from galeno.serve.models import plan_chunks
+    from galeno.inference.forward import plan_chunks
 
     def cost(plan, lengths, overhead):
         return sum(overhead + (b - a) * lengths[b - 1] for a, b in plan)
@@ -216,14 +184,17 @@ def test_forward_passes_split_where_padding_costs_more_than_a_pass():
 
 def test_passes_do_not_change_the_answers(models):
     """The same NER and fill-mask answers whatever the split into forward passes."""
-    from galeno.serve.models import ModelSource, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+    from galeno.inference.fill_mask import fill_mask_batch
+    from galeno.inference.loading import load_fill_mask, load_ner
+    from galeno.inference.source import ModelSource
+    from galeno.inference.token_classification import predict_entities
 
     ner = load_ner(ModelSource(str(models["ner"]), str(models["ner"])), max_length=64)
     texts = ["Dolor.", "Paciente con " + " ".join(f"palabra{i}" for i in range(40)) + ".", "Fiebre alta y tos.",
              "Ácido acetilsalicílico 100 mg."]
     items = [([t], "simple") for t in texts]
-    fixed = ner_batch(ner, items, stride=4, chunk=32, overhead_tokens=0)
-    assert ner_batch(ner, items, stride=4, chunk=32, overhead_tokens=8) == fixed
+    fixed = predict_entities(ner, items, stride=4, chunk=32, overhead_tokens=0)
+    assert predict_entities(ner, items, stride=4, chunk=32, overhead_tokens=8) == fixed
     mlm = load_fill_mask(ModelSource(str(models["mlm"]), str(models["mlm"])), max_length=64)
     masked = [("la <mask> arterial.", 3), ("Paciente con " + "fiebre " * 30 + "y <mask>.", 3), ("<mask> alta.", 3)]
     one, split = fill_mask_batch(mlm, masked, 32, 0), fill_mask_batch(mlm, masked, 32, 8)
@@ -237,14 +208,17 @@ def test_int8_quantised_models_answer_like_the_saved_ones(models):
     structure (the biased test tagger still tags every word, fill-mask ranks close to the fp32 model)."""
     import torch
 
-    from galeno.serve.models import ModelSource, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+    from galeno.inference.fill_mask import fill_mask_batch
+    from galeno.inference.loading import load_fill_mask, load_ner
+    from galeno.inference.source import ModelSource
+    from galeno.inference.token_classification import predict_entities
 
     source = ModelSource(str(models["ner"]), str(models["ner"]))
     ner = load_ner(source, max_length=64, quantize="int8")
     assert ner.info()["quantize"] == "int8" and not any(
         type(m) is torch.nn.Linear for m in ner.model.modules())  # noqa: E721 (exact type: subclasses are the quantised ones)
     text = "Ácido acetilsalicílico 100 mg y enalapril."
-    ((entities,),) = ner_batch(ner, [([text], "simple")], stride=4)
+    ((entities,),) = predict_entities(ner, [([text], "simple")], stride=4)
     _assert_entities(text, entities)
     assert [e["text"] for e in entities] == WORD.findall(text)
     mlm_source = ModelSource(str(models["mlm"]), str(models["mlm"]))
@@ -262,24 +236,27 @@ def test_bfloat16_models_and_the_fill_mask_head_on_the_mask_alone(models):
     import numpy as np
     import torch
 
-    from galeno.serve.models import (ModelSource, _forward, _mlm_parts, fill_mask_batch, load_fill_mask, load_ner,
-                                     ner_batch)
+    from galeno.inference.fill_mask import fill_mask_batch
+    from galeno.inference.forward import forward_probs, mlm_parts
+    from galeno.inference.loading import load_fill_mask, load_ner
+    from galeno.inference.source import ModelSource
+    from galeno.inference.token_classification import predict_entities
 
     source = ModelSource(str(models["ner"]), str(models["ner"]))
     ner = load_ner(source, max_length=64, dtype="bfloat16")
     assert ner.info()["dtype"] == "bfloat16" and {p.dtype for p in ner.model.parameters()} == {torch.bfloat16}
     text = "Ácido acetilsalicílico 100 mg y enalapril."
-    ((entities,),) = ner_batch(ner, [([text], "simple")], stride=4)
+    ((entities,),) = predict_entities(ner, [([text], "simple")], stride=4)
     _assert_entities(text, entities)
     assert [e["text"] for e in entities] == WORD.findall(text)
 
     mlm_source = ModelSource(str(models["mlm"]), str(models["mlm"]))
     mlm = load_fill_mask(mlm_source, 64)
-    assert _mlm_parts(mlm.model) is not None  # RobertaForMaskedLM: roberta + lm_head
+    assert mlm_parts(mlm.model) is not None  # RobertaForMaskedLM: roberta + lm_head
     ids = mlm.tokenizer(["la <mask> arterial.", "El <mask> es largo, más largo que el otro."])["input_ids"]
     positions = [row.index(mlm.tokenizer.mask_token_id) for row in ids]
-    full = _forward(mlm, ids, chunk=2)
-    alone = _forward(mlm, ids, chunk=2, positions=positions)
+    full = forward_probs(mlm, ids, chunk=2)
+    alone = forward_probs(mlm, ids, chunk=2, positions=positions)
     for row, at, one in zip(full, positions, alone):
         np.testing.assert_allclose(row[at], one, atol=1e-6)
     fp32, bf16 = (fill_mask_batch(load_fill_mask(mlm_source, 64, dtype=d), [("la <mask> arterial.", 5)])[0]
@@ -300,21 +277,25 @@ def test_onnxruntime_models_answer_like_torch(models):
 
     from galeno.ner.data import read_conll
     from galeno.ner.evaluate import evaluate
-    from galeno.serve.models import ModelSource, _forward, fill_mask_batch, load_fill_mask, load_ner, ner_batch
+    from galeno.inference.fill_mask import fill_mask_batch
+    from galeno.inference.forward import forward_probs
+    from galeno.inference.loading import load_fill_mask, load_ner
+    from galeno.inference.source import ModelSource
+    from galeno.inference.token_classification import predict_entities
 
     source = ModelSource(str(models["ner"]), str(models["ner"]))
     torch_ner, ort_ner = load_ner(source, 64), load_ner(source, 64, runtime="onnxruntime")
     info = ort_ner.info()
     assert info["runtime"] == "onnxruntime" and info["onnx"]["onnx_mb"] > 0 and torch_ner.info()["runtime"] == "torch"
     ids = torch_ner.tokenizer(["Dolor torácico.", "Ácido acetilsalicílico 100 mg y enalapril cada 12 horas.", "a"])
-    for a, b in zip(_forward(torch_ner, ids["input_ids"], chunk=3), _forward(ort_ner, ids["input_ids"], chunk=3)):
+    for a, b in zip(forward_probs(torch_ner, ids["input_ids"], chunk=3), forward_probs(ort_ner, ids["input_ids"], chunk=3)):
         np.testing.assert_allclose(a, b, atol=1e-4)  # three lengths in one padded pass
     text = "Ácido acetilsalicílico 100 mg y enalapril. Dolor torácico intenso."
-    ours, theirs = (ner_batch(m, [([text], "average")], stride=4) for m in (ort_ner, torch_ner))
+    ours, theirs = (predict_entities(m, [([text], "average")], stride=4) for m in (ort_ner, torch_ner))
     assert [[(e["label"], e["start"], e["end"]) for e in group] for group in ours[0]] == \
         [[(e["label"], e["start"], e["end"]) for e in group] for group in theirs[0]]
     int8 = load_ner(source, 64, quantize="int8", runtime="onnxruntime")
-    ((entities,),) = ner_batch(int8, [([text], "simple")], stride=4)
+    ((entities,),) = predict_entities(int8, [([text], "simple")], stride=4)
     _assert_entities(text, entities)
     assert [e["text"] for e in entities] == WORD.findall(text) and int8.info()["quantize"] == "int8"
 
@@ -595,6 +576,72 @@ def test_reconfigure_reloads_running_replicas_in_place(served):
     after = client.get("/models").json()["ner"]
     assert after["labels"] == ["O", "B-X", "I-X"] and after["replica"] == before["replica"]
     assert after["runtime"] == "torch" and "onnx" not in after
+
+
+def _ann_entities(path: Path) -> set[tuple[str, int, int]]:
+    found = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("T"):
+            label, start, end = line.split("\t")[1].split()
+            found.add((label, int(start), int(end)))
+    return found
+
+
+def test_registered_model_serve_and_evaluation_give_the_same_entities(served, tmp_path, monkeypatch):
+    """One predictor (galeno.inference) behind the registered MLflow model, a Serve replica and
+    jobs/evaluate_ner.py: identical entities on the sample's MEDDOCAN dev documents."""
+    import shutil
+
+    import mlflow
+
+    from galeno.inference.text import split_text
+    from galeno.ner.cli import evaluate_main
+    from galeno.ner.data import read_brat
+    from galeno.registry import register_model
+    from galeno.tracking import TrackingConfig
+
+    model = random_tagger(served["models"]["ner"], tmp_path / "tagger")
+    docs, _ = read_brat(MEDDOCAN_DEV)
+    # evaluation predicts the annotated sentences, a request the sentences of its raw text: they are the same
+    # words where no entity crosses a sentence or splits a word, so those documents are compared
+    same = [d for d in docs if len(d.text) <= served["args"]["limits"]["max_chars"]
+            and [s.words for s in d.sentences] == [s.words for s in split_text(d.id, d.text)]]
+    assert len(same) >= 3, [d.id for d in docs]
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for d in same:
+        for suffix in (".txt", ".ann"):
+            shutil.copy(MEDDOCAN_DEV / f"{d.id}{suffix}", dev)
+
+    evaluate_main(["--model", str(model), "--data", str(dev), "--format", "brat", "--max-length", "64",
+                   "--stride", "32", "--write-brat", str(tmp_path / "predicted")])
+    by_evaluation = [_ann_entities(tmp_path / "predicted" / f"{d.id}.ann") for d in same]
+
+    monkeypatch.setenv("GALENO_HOME", str(tmp_path / "home"))
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # MLflow's set_tracking_uri (register_model calls it) exports MLFLOW_TRACKING_URI to this process;
+    # set here, monkeypatch takes it back after the test, so later tests track where they did before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", cfg.tracking_uri)
+    version = register_model(model, "galeno-ner-same", kind="ner", cfg=cfg)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    registered = mlflow.pyfunc.load_model(f"models:/galeno-ner-same/{version}")
+    by_registry = [{(e["entity_group"], e["start"], e["end"]) for e in found}
+                   for found in registered.predict([d.text for d in same])]
+
+    client, args = served["client"], served["args"]
+    try:
+        _deploy(args, [{"name": "NER", "user_config": {"reload": "same", "model": str(model), "stride": 32}}])
+        by_serve = []
+        for d in same:
+            r = _post(client, "/ner", {"text": d.text})
+            assert r.status_code == 200, r.text
+            by_serve.append({(e["label"], e["start"], e["end"]) for e in r.json()["entities"]})
+    finally:
+        _deploy(args, [{"name": "NER", "user_config": {"reload": "back"}}])
+    assert sum(len(e) for e in by_evaluation) > 10 and len({label for e in by_evaluation for label, _, _ in e}) == 2
+    assert by_registry == by_evaluation
+    assert by_serve == by_evaluation
 
 
 def test_a_moved_alias_is_followed_with_no_failed_request(served):

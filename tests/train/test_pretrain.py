@@ -84,7 +84,8 @@ def test_export_loads_in_transformers(ray_run):
 def test_the_run_is_tracked_and_the_model_registered(ray_run):
     """Rank 0 streams its metrics into the driver's run across the killed worker's restart; the
     inputs are logged by digest and the model is a registered galeno-mlm version with its lineage."""
-    from galeno.registry import MLM_MODEL, resolve_model
+    from galeno.inference.source import resolve_model
+    from galeno.registry import MLM_MODEL
 
     out, _, summary = ray_run
     mc, mlrun = tracked_run(out)

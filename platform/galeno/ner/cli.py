@@ -51,12 +51,12 @@ examples:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from galeno.ner.data import read_ner
-    from galeno.ner.evaluate import evaluate, evaluation_device, write_predictions_brat, write_predictions_table
-    from galeno.registry import resolve_model
+    from galeno.inference.onnx_runtime import RUNTIMES
+    from galeno.inference.precision import DTYPES, QUANTIZE, check_precision, choose_device
+    from galeno.inference.source import resolve_model
+    from galeno.ner.data import detect_format, read_ner
+    from galeno.ner.evaluate import evaluate, write_predictions_brat, write_predictions_table
     from galeno.runtime import setup_logging
-    from galeno.serve.models import DTYPES, QUANTIZE, check_precision
-    from galeno.serve.onnx_runtime import RUNTIMES
     from galeno.tracking import TrackingConfig
 
     parser = argparse.ArgumentParser(prog="evaluate_ner.py", description=EVALUATE_USAGE,
@@ -80,15 +80,14 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tracking-uri", default="", metavar="URI", help="MLflow store for models:/ URIs")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
-    from galeno.ner.data import _detect
-
     try:  # before the data and model are read
         check_precision(args.quantize, args.dtype,
-                        evaluation_device(args.device, args.quantize, args.runtime).type != "cpu", args.runtime)
+                        choose_device(args.device, quantize=args.quantize, runtime=args.runtime).type != "cpu",
+                        args.runtime)
     except ValueError as err:
         parser.error(str(err))
 
-    fmt = args.format or _detect(args.data)
+    fmt = args.format or detect_format(args.data)
     try:
         docs, stats = read_ner(args.data, fmt)
     except (OSError, ValueError) as err:

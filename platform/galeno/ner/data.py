@@ -30,7 +30,7 @@ stats key is in brackets):
   that crosses a boundary merges the sentences it touches into one [``cross_sentence``
   entities, ``merged_sentences`` boundaries removed], so no entity is cut.
 * **Tokens** are runs of letters and digits, or any other single non-space character
-  (:data:`TOKEN_PATTERN`), with exact character offsets. An entity boundary inside such a
+  (:data:`galeno.inference.text.TOKEN_PATTERN`), with exact character offsets. An entity boundary inside such a
   token splits the token there [``split_tokens``] (``NºCol`` → ``Nº`` ``Col``), so every
   entity starts at a token start and ends at a token end, and BIO → entities gives back its
   exact span.
@@ -52,51 +52,19 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from galeno.corpus.readers import MalformedXML, read_file, read_xml_file
 from galeno.corpus.sentences import ClinicalSentenceSplitter
-from galeno.ner.metrics import bio_spans
+from galeno.inference.bio import bio_spans
+from galeno.inference.text import Sentence, Token, sentences_in
 
 log = logging.getLogger(__name__)
 
 #: Input formats of :func:`read_ner`.
 NER_FORMATS = ("conll", "brat", "i2b2xml")
-#: Word tokens: a run of letters and digits, or one other character that is not a space.
-#: U+FEFF (MEDDOCAN keeps byte-order marks as text) and U+200B are not tokens either.
-TOKEN_PATTERN = re.compile(r"[^\W_]+|[^\s\ufeff\u200b]")
 _BLANK = " \t\n\r\x0b\x0c\x85\u00a0\u2028\u2029\ufeff\u200b"
 _BIO = re.compile(r"O|[BI]-\S+")
 _TOTALS = ("documents", "sentences", "tokens", "entities")
-
-
-class Token(NamedTuple):
-    """One word token: ``text == document.text[start:end]`` (a tuple: documents hold many)."""
-
-    text: str
-    start: int
-    end: int
-
-
-@dataclass
-class Sentence:
-    """A sentence of a document: its tokens, their BIO tags, and where it lies in the text."""
-
-    doc_id: str
-    tokens: list[Token]
-    tags: list[str]
-    start: int
-    """Offset of the sentence (its first token) in the document text."""
-    text: str
-    """The document text from the first token's start to the last token's end."""
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.text)
-
-    @property
-    def words(self) -> list[str]:
-        return [t.text for t in self.tokens]
 
 
 @dataclass(frozen=True, order=True)
@@ -205,25 +173,6 @@ def _sentence_spans(text: str, entities: list[Entity], splitter: ClinicalSentenc
     return list(zip(kept, kept[1:] + [len(text)]))
 
 
-def _tokenize(text: str, start: int, end: int, cuts: list[int], stats: Counter) -> list[Token]:
-    """Tokens of ``text[start:end]``, split at every offset in ``cuts`` (sorted) inside one."""
-    matches = TOKEN_PATTERN.finditer(text, start, end)
-    inside = cuts[bisect.bisect_right(cuts, start):bisect.bisect_left(cuts, end)]
-    if not inside:
-        return [Token(m.group(), m.start(), m.end()) for m in matches]
-    tokens = []
-    for match in matches:
-        left = match.start()
-        i = bisect.bisect_right(inside, left)
-        while i < len(inside) and inside[i] < match.end():
-            tokens.append(Token(text[left:inside[i]], left, inside[i]))
-            stats["split_tokens"] += 1
-            left = inside[i]
-            i += 1
-        tokens.append(Token(text[left:match.end()], left, match.end()))
-    return tokens
-
-
 def make_document(doc_id: str, text: str, entities: Iterable[Entity],
                   splitter: ClinicalSentenceSplitter | None = None) -> tuple[NERDocument, dict[str, int]]:
     """A document with its entities cleaned, its text split into sentences and BIO-tagged.
@@ -235,12 +184,8 @@ def make_document(doc_id: str, text: str, entities: Iterable[Entity],
     checked = [_check_span(doc_id, text, e.start, e.end, e.label, stats) for e in entities]
     kept = _keep_longest([e for e in checked if e is not None], stats)
     cuts = sorted({offset for e in kept for offset in (e.start, e.end)})
-    sentences = []
-    for start, end in _sentence_spans(text, kept, splitter or ClinicalSentenceSplitter(), stats):
-        tokens = _tokenize(text, start, end, cuts, stats)
-        if tokens:
-            sentences.append(Sentence(doc_id, tokens, ["O"] * len(tokens), tokens[0].start,
-                                      text[tokens[0].start:tokens[-1].end]))
+    spans = _sentence_spans(text, kept, splitter or ClinicalSentenceSplitter(), stats)
+    sentences = sentences_in(doc_id, text, spans, cuts, stats)
     token_starts = [(t.start, n, i) for n, s in enumerate(sentences) for i, t in enumerate(s.tokens)]
     for entity in kept:
         first = k = bisect.bisect_left(token_starts, (entity.start, -1, -1))
@@ -446,7 +391,7 @@ def read_conll(pattern: str | Path) -> tuple[list[NERDocument], dict[str, int]]:
     return docs, _counts(stats)
 
 
-def _detect(path: str | Path) -> str:
+def detect_format(path: str | Path) -> str:
     name = str(path).lower()
     if os.path.isdir(path):
         names = {p.suffix.lower() for p in Path(path).rglob("*.*")}
@@ -468,7 +413,7 @@ def read_ner(path: str | Path, fmt: str | None = None) -> tuple[list[NERDocument
     With ``fmt=None`` the format follows the extension (``.conll``/``.tsv``, ``.txt``/``.ann``,
     ``.xml``), or for a directory the files in it (``.ann`` first, then ``.xml``, ``.conll``).
     """
-    fmt = fmt or _detect(path)
+    fmt = fmt or detect_format(path)
     readers = {"conll": read_conll, "brat": read_brat, "i2b2xml": read_i2b2_xml}
     if fmt not in readers:
         raise ValueError(f"unknown NER format {fmt!r}; expected one of {', '.join(NER_FORMATS)}")

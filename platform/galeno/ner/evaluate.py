@@ -14,20 +14,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from galeno.inference.loading import load_ner, local_source
+from galeno.inference.token_classification import predict_tags
 from galeno.ner.data import NERDocument, sentences_to_entities, write_brat
 from galeno.ner.metrics import entity_scores, span_scores
 
 log = logging.getLogger(__name__)
-
-
-def load_model(model_dir: str):
-    """A token-classification model and its tokenizer from a local Hugging Face directory."""
-    from transformers import AutoModelForTokenClassification
-
-    from galeno.ner.task import load_tokenizer
-
-    model = AutoModelForTokenClassification.from_pretrained(model_dir, local_files_only=True)
-    return model, load_tokenizer(model_dir)
 
 
 def score(docs: Sequence[NERDocument], predicted: Sequence[Sequence[str]], fmt: str) -> dict[str, Any]:
@@ -41,31 +33,16 @@ def score(docs: Sequence[NERDocument], predicted: Sequence[Sequence[str]], fmt: 
     return result
 
 
-def evaluation_device(device: str = "", quantize: str = "", runtime: str = "torch"):
-    """The device ``evaluate`` runs on: ``device``, else CPU for an int8 or ONNX Runtime model, else CUDA when
-    there is one."""
-    import torch
-
-    cpu = quantize or runtime != "torch"
-    return torch.device(device or ("cpu" if cpu else "cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def evaluate(model_dir: str, docs: Sequence[NERDocument], fmt: str, *, max_length: int = 512, stride: int = 32,
              batch_size: int = 32, device: str = "", quantize: str = "", dtype: str = "",
              runtime: str = "torch") -> tuple[dict[str, Any], list[list[str]]]:
     """Predict every sentence of ``docs`` with the model in ``model_dir`` and score it; ``quantize="int8"``,
     ``dtype="bfloat16"`` or ``runtime="onnxruntime"`` score the model as a Serve replica with that
-    setting runs it."""
-    from galeno.ner.task import predict
-    from galeno.serve.models import prepare_model, window_limit
-
-    model, tokenizer = load_model(model_dir)
-    dev = evaluation_device(device, quantize, runtime)
-    model = prepare_model(model.eval(), dev, quantize, dtype, runtime)
-    max_length = window_limit(model, tokenizer, max_length)  # a model with 128 positions gets 128-token windows
+    setting runs it: through the inference layer that Serve replicas and the registered model run."""
+    loaded = load_ner(local_source(model_dir), max_length, want_gpu=True, quantize=quantize, dtype=dtype,
+                      runtime=runtime, device=device)  # max_length capped by the model's positions
     sentences = [s for d in docs for s in d.sentences]
-    predicted = predict(model, tokenizer, sentences, max_length=max_length, stride=stride,
-                        batch_size=batch_size, device=dev)
+    predicted = predict_tags(loaded, sentences, "first", stride=stride, chunk=batch_size)[0]
     return score(docs, predicted, fmt), predicted
 
 

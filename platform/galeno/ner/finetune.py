@@ -21,6 +21,7 @@ from typing import Any
 
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.ner.config import NERConfig
+from galeno.ner.sweep import run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     """Read train and dev, build the label map, encode both into windows; returns the data manifest."""
     from galeno.hashing import file_hash
-    from galeno.ner.align import label_map, window_stats
+    from galeno.inference.align import label_map, window_stats
     from galeno.ner.data import read_ner
-    from galeno.ner.task import encode_rows, load_tokenizer, write_rows
+    from galeno.inference.loading import load_tokenizer
+    from galeno.ner.task import encode_rows, write_rows
 
     fmt = cfg.data.format or None
     train_docs, train_stats = read_ner(cfg.data.train, fmt)
@@ -129,7 +131,7 @@ def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
     _worker_body(cfg, job, LocalReporter(job["seed_dir"], cfg.trainer.keep_checkpoints), tracker)
 
 
-def _ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) -> None:
+def ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) -> None:
     from galeno.train.loop import ray_train
 
     storage = cfg.trainer.storage_path or str((Path(job["seed_dir"]) / "ray").resolve())
@@ -141,7 +143,7 @@ def _ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None)
 def run(cfg: NERConfig) -> dict[str, Any]:
     """The whole job; returns (and writes to ``<output>/results.json``) per-seed and aggregate scores."""
     from galeno.ner.evaluate import dump, score, summary, write_predictions_table
-    from galeno.registry import resolve_model
+    from galeno.inference.source import resolve_model
     from galeno.tracking import job_run
 
     t0 = time.time()
@@ -156,9 +158,7 @@ def run(cfg: NERConfig) -> dict[str, Any]:
 
         init_ray(cfg.ray)
     if cfg.sweep.enabled:
-        from galeno.ner.sweep import run_sweep
-
-        return run_sweep(cfg, model_dir, data)
+        return run_sweep(cfg, model_dir, data, fit=ray_fit, derive=derive)
     cfg = derive(cfg, data["windows"]["train"]["windows"])
     lineage = _lineage(cfg, model_dir, data)
     seeds = []
@@ -173,7 +173,7 @@ def run(cfg: NERConfig) -> dict[str, Any]:
             if cfg.trainer.launcher == "local":
                 local_worker(cfg, job, tracker)
             else:
-                _ray_fit(cfg, job)
+                ray_fit(cfg, job)
             best = seed_dir / "best"
             predicted = _predict(best, data["dev_docs"], cfg)
             result = score(data["dev_docs"], predicted, _format(cfg))
@@ -194,22 +194,20 @@ def run(cfg: NERConfig) -> dict[str, Any]:
 
 
 def _predict(model_dir: Path, docs, cfg: NERConfig) -> list[list[str]]:
-    import torch
+    """The dev tags that are reported and registered: the inference layer's, as Serve and MLflow users get them."""
+    from galeno.inference.loading import load_ner, local_source
+    from galeno.inference.token_classification import predict_tags
 
-    from galeno.ner.evaluate import load_model
-    from galeno.ner.task import predict
-
-    model, tokenizer = load_model(str(model_dir))
-    device = torch.device("cuda" if cfg.trainer.use_gpu and torch.cuda.is_available() else "cpu")
+    loaded = load_ner(local_source(str(model_dir)), cfg.data.max_length, want_gpu=cfg.trainer.use_gpu)
     sentences = [s for d in docs for s in d.sentences]
-    return predict(model, tokenizer, sentences, max_length=cfg.data.max_length, stride=cfg.data.stride,
-                   batch_size=max(cfg.trainer.micro_batch, 32), device=device)
+    return predict_tags(loaded, sentences, "first", stride=cfg.data.stride,
+                        chunk=max(cfg.trainer.micro_batch, 32))[0]
 
 
 def _format(cfg: NERConfig) -> str:
-    from galeno.ner.data import _detect
+    from galeno.ner.data import detect_format
 
-    return cfg.data.format or _detect(cfg.data.dev)
+    return cfg.data.format or detect_format(cfg.data.dev)
 
 
 def _aggregate(cfg: NERConfig, seeds: list[dict[str, Any]], data: dict[str, Any], elapsed: float) -> dict[str, Any]:

@@ -25,35 +25,12 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # data.py decodes predictions with bio_spans, so no import at run time
+from galeno.inference.bio import MODES, bio_spans
+
+if TYPE_CHECKING:
     from galeno.ner.data import Entity
 
-MODES = ("default", "strict")
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    if tag == "O":
-        return "O", ""
-    if tag[:2] in ("B-", "I-") and len(tag) > 2:
-        return tag[0], tag[2:]
-    raise ValueError(f"not a BIO tag: {tag!r} (expected O, B-TYPE or I-TYPE)")
-
-
-def bio_spans(tags: Sequence[str], mode: str = "default") -> list[tuple[str, int, int]]:
-    """Entities of one tag sequence as ``(type, first token, end token exclusive)``, in order."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    spans: list[tuple[str, int, int]] = []
-    start, label = -1, ""
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, kind = _split_tag(tag)
-        if start >= 0 and not (prefix == "I" and kind == label):
-            spans.append((label, start, i))
-            start = -1
-        if prefix == "B" or (prefix == "I" and start < 0 and mode == "default"):
-            start, label = i, kind
-    return spans
-
+__all__ = ["MODES", "bio_spans", "entity_scores", "prf", "span_scores"]
 
 def prf(correct: int, predicted: int, support: int) -> dict[str, Any]:
     precision = correct / predicted if predicted else 0.0

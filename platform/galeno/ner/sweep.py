@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from galeno.config import from_dict, to_dict
 from galeno.ner.config import NERConfig
@@ -24,11 +24,10 @@ from galeno.ner.config import NERConfig
 log = logging.getLogger(__name__)
 
 
-def _trial(space: dict[str, Any], base: dict[str, Any], job: dict[str, Any], train_windows: int) -> None:
+def _trial(space: dict[str, Any], base: dict[str, Any], job: dict[str, Any], train_windows: int,
+           fit: Callable, derive: Callable) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from galeno.ner.finetune import _ray_fit, derive
 
     cfg = from_dict(NERConfig, base)
     cfg = dataclasses.replace(cfg, warmup_fraction=space["warmup_fraction"],
@@ -37,7 +36,7 @@ def _trial(space: dict[str, Any], base: dict[str, Any], job: dict[str, Any], tra
     cfg = derive(cfg, train_windows)
     context = ray.tune.get_context()
     trial_dir = Path(cfg.output) / "sweep" / context.get_trial_name()
-    _ray_fit(cfg, {**job, "seed_dir": str(trial_dir), "mlflow_run_id": None,
+    fit(cfg, {**job, "seed_dir": str(trial_dir), "mlflow_run_id": None,
                    "placement_group_file": str(_placement_group_file(cfg.output, context.get_trial_id()))},
              callbacks=[TuneReportCallback()])
 
@@ -81,8 +80,12 @@ def _release_callback(output: str | Path):
     return ReleaseTrainPlacementGroups()
 
 
-def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Run the sweep; returns (and writes to ``<output>/sweep.json``) every trial and the best configuration."""
+def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any], *, fit: Callable, derive: Callable) -> dict[str, Any]:
+    """Run the sweep; returns (and writes to ``<output>/sweep.json``) every trial and the best configuration.
+
+    Each trial is one fine-tuning run, ``fit(cfg, job, callbacks)`` on a config ``derive(cfg, train_windows)``
+    completes: fine-tuning hands its own launcher over, so this module never imports it.
+    """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -98,7 +101,8 @@ def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any]) -> dict[str,
              "warmup_fraction": ray.tune.choice(sw.warmup_fractions)}
     job = {"model_dir": model_dir, "labels": data["labels"], "files": data["files"], "seed": cfg.seeds[0]}
     trainable = ray.tune.with_resources(  # the trial function only waits on its Ray Train run (Tune refuses 0)
-        ray.tune.with_parameters(_trial, base=to_dict(cfg), job=job, train_windows=data["windows"]["train"]["windows"]),
+        ray.tune.with_parameters(_trial, base=to_dict(cfg), job=job, train_windows=data["windows"]["train"]["windows"],
+                                 fit=fit, derive=derive),
         {"cpu": 0.01})
     out = Path(cfg.output)
     tuner = ray.tune.Tuner(

@@ -1,6 +1,9 @@
-"""NER as a task of the shared training loop (``galeno.train.loop.fit``), and prediction.
+"""NER as a task of the shared training loop (``galeno.train.loop.fit``).
 
-Sentences are encoded once, on the driver, into windows (``galeno.ner.align``) stored as
+Prediction on a trained model is :mod:`galeno.inference.token_classification`'s; this module
+decodes the loop's own dev batches with the same windows and stitching.
+
+Sentences are encoded once, on the driver, into windows (``galeno.inference.align``) stored as
 Parquet; every worker reads its share. A training batch is a set of windows padded to the
 longest one. Evaluation batches never split a sentence's windows, so each batch can stitch
 its sentences back, decode BIO tags and count entities: the counts (gold, predicted, correct,
@@ -20,8 +23,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from galeno.ner.align import IGNORE, encode_sentences, stitch, word_predictions
-from galeno.ner.data import Sentence
+from galeno.inference.align import IGNORE, encode_sentences, stitch, word_predictions
+from galeno.inference.loading import load_tokenizer
+from galeno.inference.text import Sentence
 from galeno.ner.metrics import MODES, entity_scores, prf
 
 log = logging.getLogger(__name__)
@@ -29,17 +33,6 @@ log = logging.getLogger(__name__)
 #: Columns of the encoded windows (word ids -1 where the sub-token is special; word_labels: gold
 #: label id of each word of the window, so scoring does not depend on sub-token labels).
 WINDOW_COLUMNS = ("input_ids", "labels", "word_ids", "word_labels", "sentence", "word_start", "n_words", "length")
-
-
-def load_tokenizer(model_dir: str):
-    """The model's fast tokenizer, with ``add_prefix_space`` for byte-level BPE (RoBERTa) vocabularies."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    pre = type(tok.backend_tokenizer.pre_tokenizer).__name__ if getattr(tok, "is_fast", False) else ""
-    if "ByteLevel" in pre or "ByteLevel" in str(tok.backend_tokenizer.pre_tokenizer):
-        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, add_prefix_space=True)
-    return tok
 
 
 def encode_rows(tokenizer, sentences: Sequence[Sentence], label2id: dict[str, int], max_length: int,
@@ -166,7 +159,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def _window(word_ids: Sequence[int], sentence: int, word_start: int, n_words: int) -> dict[str, Any]:
-    """A stored window as ``galeno.ner.align`` reads it (word id -1 back to None)."""
+    """A stored window as ``galeno.inference.align`` reads it (word id -1 back to None)."""
     return {"word_ids": [None if i < 0 else i for i in word_ids], "sentence": sentence,
             "word_start": word_start, "n_words": n_words}
 
@@ -273,38 +266,6 @@ class NERTask:
         self.tokenizer.save_pretrained(out_dir)
 
     save_best = export
-
-
-@torch.no_grad()
-def predict(model: nn.Module, tokenizer, sentences: Sequence[Sentence], *, max_length: int, stride: int,
-            batch_size: int = 32, device: torch.device | None = None) -> list[list[str]]:
-    """Predicted BIO tags for each sentence (long ones through the sliding window), on ``device``."""
-    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    label2id = {t: i for i, t in enumerate(labels)}
-    blank = [Sentence(s.doc_id, s.tokens, ["O"] * len(s.tokens), s.start, s.text) for s in sentences]
-    rows = encode_rows(tokenizer, blank, label2id, max_length, stride)
-    device = device or torch.device("cpu")
-    model.eval().to(device)
-    out: list[list[str]] = [[] for _ in sentences]
-    order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])  # little padding
-    token_preds: list[list[int]] = [[] for _ in rows]
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids = _pad([rows[i]["input_ids"] for i in idx], tokenizer.pad_token_id).to(device)
-        lengths = torch.tensor([rows[i]["length"] for i in idx], device=device)
-        attention = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
-        argmax = model(input_ids=ids, attention_mask=attention).logits.argmax(-1).tolist()
-        for i, p in zip(idx, argmax):
-            token_preds[i] = p
-    windows = [_window(r["word_ids"], r["sentence"], r["word_start"], r["n_words"]) for r in rows]
-    stitched = stitch(windows, [word_predictions(w, p) for w, p in zip(windows, token_preds)],
-                      default=label2id.get("O", 0))
-    for n, tags in enumerate(stitched):
-        out[n] = [labels[i] for i in tags]
-    missing = [n for n, s in enumerate(sentences) if len(out[n]) != len(s.tokens)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} sentences got no prediction (first: {missing[0]})")
-    return out
 
 
 def steps_per_epoch(windows: int, global_batch: int) -> int:

@@ -162,18 +162,24 @@ class _Guard:
         return await self.app(scope, replay, send_with_header)
 
 
+class Problem(Exception):
+    """An answer other than 200, raised inside an endpoint: ``{"error": code, "message": ...}``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
 # --------------------------------------------------------------------------- checks
 def _check_text(text: str, limits: dict[str, int], where: str = "text") -> None:
-    from galeno.serve.app import _Problem
-
     if not text.strip():
-        raise _Problem(422, "empty_text", f"{where} is empty")
+        raise Problem(422, "empty_text", f"{where} is empty")
     if len(text) > limits["max_chars"]:
-        raise _Problem(413, "text_too_long", f"{where} has {len(text)} characters; the limit is {limits['max_chars']}")
+        raise Problem(413, "text_too_long", f"{where} has {len(text)} characters; the limit is {limits['max_chars']}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise _Problem(422, "invalid_text", f"{where} holds an unpaired surrogate at offset {err.start}") from None
+        raise Problem(422, "invalid_text", f"{where} holds an unpaired surrogate at offset {err.start}") from None
 
 
 def _schema_errors(err: RequestValidationError) -> list[dict[str, Any]]:
@@ -184,7 +190,6 @@ def _schema_errors(err: RequestValidationError) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the app
 def make_api(ingress) -> Any:
     """The FastAPI app of one ingress replica (``ingress``: the :class:`galeno.serve.app.Ingress`)."""
-    from galeno.serve.app import _Problem
     from galeno.serve.page import render_page
 
     limits = ingress.settings["limits"]
@@ -203,8 +208,8 @@ def make_api(ingress) -> Any:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "bad_request")
         return _error(err.status_code, code, str(err.detail), headers=getattr(err, "headers", None))
 
-    @api.exception_handler(_Problem)
-    async def problem(request: Request, err: _Problem):
+    @api.exception_handler(Problem)
+    async def problem(request: Request, err: Problem):
         return _error(err.status, err.code, err.message, headers=err.headers)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -226,7 +231,7 @@ def make_api(ingress) -> Any:
         """The top_k fillers of the one mask of ``text``."""
         _check_text(request.text, limits)
         if not 1 <= request.top_k <= limits["max_top_k"]:
-            raise _Problem(422, "bad_top_k", f"top_k must be between 1 and {limits['max_top_k']}")
+            raise Problem(422, "bad_top_k", f"top_k must be between 1 and {limits['max_top_k']}")
         out = await ingress.call("fill-mask", (request.text, request.top_k))
         return JSONResponse({"model": out["model"], **out["result"]})
 
@@ -234,12 +239,12 @@ def make_api(ingress) -> Any:
     async def ner(request: NERRequest):
         """Entities of ``text``, or of each of ``texts`` in order, with offsets into the input."""
         if (request.text is None) == (request.texts is None):
-            raise _Problem(422, "text_or_texts", "give exactly one of text and texts")
+            raise Problem(422, "text_or_texts", "give exactly one of text and texts")
         texts = [request.text] if request.text is not None else list(request.texts or [])
         if not texts:
-            raise _Problem(422, "empty_text", "texts is empty")
+            raise Problem(422, "empty_text", "texts is empty")
         if len(texts) > limits["max_texts"]:
-            raise _Problem(413, "too_many_texts", f"{len(texts)} texts; the limit is {limits['max_texts']}")
+            raise Problem(413, "too_many_texts", f"{len(texts)} texts; the limit is {limits['max_texts']}")
         for i, text in enumerate(texts):
             _check_text(text, limits, "text" if request.text is not None else f"texts[{i}]")
         strategy = request.aggregation_strategy or ingress.settings["aggregation_strategy"]

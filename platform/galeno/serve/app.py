@@ -43,7 +43,12 @@ from urllib.parse import quote
 
 from ray import serve
 
-from galeno.serve.config import AGGREGATIONS, ServeConfig
+from galeno.inference.fill_mask import InputError, fill_mask_batch
+from galeno.inference.loading import load_fill_mask, load_ner, public_info
+from galeno.inference.source import follows, registry_version, resolve_source
+from galeno.inference.token_classification import AGGREGATIONS, predict_entities
+from galeno.serve.api import Problem, make_api
+from galeno.serve.config import ServeConfig
 
 log = logging.getLogger("ray.serve")
 
@@ -91,8 +96,6 @@ class _ModelDeployment:
         """Every ``follow_alias_s``: one registry call; a moved alias loads its version (in this thread,
         while the replica keeps answering from the loaded one) and is swapped in. A registry that cannot
         be reached is logged and asked again next time; the loaded model stays."""
-        from galeno.serve.models import follows, registry_version
-
         while True:
             merged = {**self.base, **self.user_config}
             every = float(merged.get("follow_alias_s") or 0)
@@ -114,8 +117,6 @@ class _ModelDeployment:
 
     def _load_current(self) -> None:
         """Resolve the model URI now and load it unless it is what is loaded already (holding the lock)."""
-        from galeno.serve.models import resolve_source
-
         merged = {**self.base, **self.user_config}
         source = resolve_source(merged["model"], merged.get("tracking_uri", ""), merged.get("cache", ""))
         settings = {k: v for k, v in merged.items() if k != "reload"}
@@ -137,8 +138,6 @@ class _ModelDeployment:
         raise NotImplementedError
 
     async def info(self) -> Optional[dict[str, Any]]:
-        from galeno.serve.models import public_info
-
         info = public_info(self.loaded)
         if info is not None:
             info["replica"] = serve.get_replica_context().replica_id.unique_id
@@ -149,8 +148,6 @@ class _ModelDeployment:
 
         A batch that fails is run again item by item, so one bad input fails only its own request.
         """
-        from galeno.serve.models import InputError
-
         loaded = self.loaded
         if loaded is None:
             return [{"error": "not_loaded", "message": "the model is not loaded yet", "status": 503}] * len(items)
@@ -191,13 +188,9 @@ class FillMask(_ModelDeployment):
     kind = "fill-mask"
 
     def _load(self, source, max_length, quantize, dtype, runtime):
-        from galeno.serve.models import load_fill_mask
-
         return load_fill_mask(source, max_length, self.want_gpu, quantize, dtype, runtime)
 
     def _run(self, loaded, items):
-        from galeno.serve.models import fill_mask_batch
-
         return fill_mask_batch(loaded, items, self.chunk, self.overhead_tokens)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -212,14 +205,10 @@ class NER(_ModelDeployment):
     kind = "ner"
 
     def _load(self, source, max_length, quantize, dtype, runtime):
-        from galeno.serve.models import load_ner
-
         return load_ner(source, max_length, self.want_gpu, quantize, dtype, runtime)
 
     def _run(self, loaded, items):
-        from galeno.serve.models import ner_batch
-
-        return ner_batch(loaded, items, stride=int(self.settings.get("stride", 32)), chunk=self.chunk,
+        return predict_entities(loaded, items, stride=int(self.settings.get("stride", 32)), chunk=self.chunk,
                          overhead_tokens=self.overhead_tokens)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -228,14 +217,6 @@ class NER(_ModelDeployment):
 
 
 # --------------------------------------------------------------------------- ingress
-
-
-class _Problem(Exception):
-    """An answer other than 200, raised inside an endpoint: ``{"error": code, "message": ...}``."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
 @serve.deployment(name="Ingress")
@@ -251,35 +232,33 @@ class Ingress:
         self._refreshing: Optional[asyncio.Task] = None
 
     def __serve_build_asgi_app__(self):
-        from galeno.serve.api import make_api
-
         return make_api(self)
 
     # -- calls into the model deployments
     async def call(self, kind: str, item: Any) -> dict[str, Any]:
-        """The model's result for ``item``; raises :class:`_Problem` for every answer but success."""
+        """The model's result for ``item``; raises :class:`Problem` for every answer but success."""
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         handle = self.handles[kind]
         if handle is None:
-            raise _Problem(404, "not_served", f"no {kind} model is served by this application")
+            raise Problem(404, "not_served", f"no {kind} model is served by this application")
         response = handle.predict.remote(item)
         timeout = float(self.settings["request_timeout_s"])
         try:
             out = await asyncio.wait_for(_awaited(response), timeout)
         except asyncio.TimeoutError:
             response.cancel()
-            raise _Problem(504, "timeout", f"the {kind} model did not answer within {timeout:g} s") from None
+            raise Problem(504, "timeout", f"the {kind} model did not answer within {timeout:g} s") from None
         except BackPressureError as err:
             retry = getattr(err, "retry_after_s", None)
-            raise _Problem(503, "overloaded", f"the {kind} model is overloaded: too many requests are queued; "
+            raise Problem(503, "overloaded", f"the {kind} model is overloaded: too many requests are queued; "
                            "retry later", {"Retry-After": str(max(1, round(retry or 1)))}) from None
         except DeploymentUnavailableError:
-            raise _Problem(503, "unavailable", f"the {kind} deployment is not available") from None
+            raise Problem(503, "unavailable", f"the {kind} deployment is not available") from None
         if "model" in out:
             self._remember(kind, out["model"])
         if "error" in out:
-            raise _Problem(out["status"], out["error"], out["message"])
+            raise Problem(out["status"], out["error"], out["message"])
         return out
 
     async def model_info(self, timeout: float = 5.0) -> dict[str, Optional[dict[str, Any]]]:
@@ -342,7 +321,6 @@ def _model_settings(cfg: ServeConfig, uri: str) -> dict[str, Any]:
     import os
 
     from galeno import paths
-    from galeno.serve.models import follows
     from galeno.tracking import tracking_uri
 
     out: dict[str, Any] = {"model": uri, "max_length": cfg.max_length, "stride": cfg.stride}

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
-from galeno.config import ConfigError, _merge, help_text, load, load_yaml
+from galeno.config import ConfigError, merge, help_text, load, load_yaml
 from galeno.serve.config import ServeConfig, preset_overlay
 
 USAGE = """Serve fill-mask and NER models over HTTP with Ray Serve (one FastAPI ingress, dynamic batching).
@@ -43,7 +43,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[ServeConfig, bool]:
     extra: dict[str, Any] = {}
     try:
         for path in args.config or ():
-            _merge(extra, preset_overlay(load_yaml(path)))
+            merge(extra, preset_overlay(load_yaml(path)))
         for key, value in (("fill_mask_model", args.fill_mask_model), ("ner_model", args.ner_model), ("port", args.port)):
             if value is not None:
                 extra[key] = value

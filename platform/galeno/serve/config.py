@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from galeno.inference.precision import check_precision
 from galeno.runtime import RayConfig
 from galeno.tracking import TrackingConfig
-
-#: How NER turns sub-token probabilities into word labels and entity scores (docs/serve.md).
-AGGREGATIONS = ("simple", "first", "average", "max")
 #: The builder that ``serve run`` / ``serve deploy`` config files name as their ``import_path``.
 IMPORT_PATH = "galeno.serve.app:app_builder"
 
@@ -123,8 +121,6 @@ class ModelDeploymentConfig(DeploymentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from galeno.serve.models import check_precision
-
         check_precision(self.quantize, self.dtype, self.num_gpus > 0, self.runtime)
         if self.max_ongoing_requests < self.batch.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch.max_batch_size "

@@ -208,7 +208,7 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
 def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are),
     registry URIs resolved to local folders and the tracking store's absolute URI."""
-    from galeno.registry import resolve_model
+    from galeno.inference.source import resolve_model
     from galeno.tracking import resolved
 
     tracking = resolved(cfg.tracking)

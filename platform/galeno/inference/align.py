@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from galeno.ner.data import Sentence
+from galeno.inference.text import Sentence
 
 #: Label of the sub-tokens the loss ignores (PyTorch's cross-entropy ``ignore_index``).
 IGNORE = -100

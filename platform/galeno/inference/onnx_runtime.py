@@ -7,9 +7,9 @@ and with ``quantize: int8`` its MatMuls dynamically quantised (int8 weights, act
 on the fly: ``onnxruntime.quantization.quantize_dynamic``). The files live in a temporary folder
 only while the session is built. What comes back is called like the torch model it replaces
 (``model(input_ids=..., attention_mask=...)`` → ``.logits`` as a torch tensor), so the replica's
-code, ``galeno.ner.task.predict`` and ``jobs/evaluate_ner.py --runtime onnxruntime`` run it
+code, ``galeno.inference.token_classification`` and ``jobs/evaluate_ner.py --runtime onnxruntime`` run it
 unchanged. A masked LM is exported without its head: the replica runs the head in torch on the
-mask's position only (:func:`galeno.serve.models._mlm_parts`).
+mask's position only (:func:`galeno.inference.forward.mlm_parts`).
 """
 
 from __future__ import annotations
