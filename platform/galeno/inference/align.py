@@ -56,11 +56,15 @@ def _check_tokenizer(tokenizer: Any) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("subword alignment needs a fast (Rust-backed) tokenizer for word_ids()")
     words = ["de", "la", "vena"]
-    as_words = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    refused = ("this tokenizer encodes pre-split words differently from running text; "
+               "load a byte-level BPE (RoBERTa) tokenizer with add_prefix_space=True")
+    try:
+        as_words = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    except (AssertionError, ValueError) as err:  # transformers 4 refuses pre-split words without the prefix space
+        raise ValueError(refused) from err
     as_text = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
     if as_words != as_text:
-        raise ValueError("this tokenizer encodes pre-split words differently from running text; "
-                         "load a byte-level BPE (RoBERTa) tokenizer with add_prefix_space=True")
+        raise ValueError(refused)
 
 
 def _word_windows(counts: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
