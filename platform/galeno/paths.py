@@ -85,6 +85,16 @@ def metrics_log(out: str | Path) -> Path:
     return Path(out) / "metrics.jsonl"
 
 
+# --- batch prediction (jobs/predict_ner.py; galeno.inference.batch)
+def predictions(out: str | Path) -> Path:
+    """One Parquet row per input document: id, source, text as read, entities, reason."""
+    return Path(out) / "predictions"
+
+
+def predictions_manifest(out: str | Path) -> Path:
+    return Path(out) / "manifest.json"
+
+
 # --- tracking (docs/mlflow.md)
 def mlflow_home() -> Path:
     """The embedded MLflow store (mlflow.db), its artifacts and registry models downloaded by jobs."""

@@ -143,7 +143,7 @@ def test_rerun_is_identical_and_resumes_at_shard_granularity(sample_run):
     cfg, out, first = sample_run
     before = {sub: digest(out / sub) for sub in ("documents", "rejected")}
     local = paths.corpus_local_shards(out, first["local_tag"])
-    shards = plan_shards(cfg)
+    shards = plan_shards(cfg.sources, cfg.shard_mb)
     assert first["shards"] == len(shards) > 2
     victim = local / f"{shards[1].id}.parquet"
     victim.unlink()  # as if the run had died before committing this shard

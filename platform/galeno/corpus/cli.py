@@ -20,7 +20,8 @@ examples:
 """
 
 
-def _add_sources(data: dict[str, Any], values: list[str]) -> None:
+def add_sources(data: dict[str, Any], values: list[str]) -> None:
+    """Flag action of ``--source NAME=FORMAT:PATH`` (this job's, and batch prediction's)."""
     data.setdefault("sources", [])
     data["sources"] = list(data["sources"]) + [parse_source(v) for v in values]
 
@@ -32,7 +33,7 @@ def _add_decontam(data: dict[str, Any], values: list[str]) -> None:
 
 FLAGS = (
     Flag("--source", "a corpus to read, NAME=FORMAT:PATH_OR_GLOB (repeatable; formats: "
-         "jsonl text brat i2b2xml bioc conll warc pdf)", _add_sources, "NAME=FORMAT:PATH", True),
+         "jsonl text brat i2b2xml bioc conll warc pdf)", add_sources, "NAME=FORMAT:PATH", True),
     Flag("--decontaminate", "an evaluation set (CoNLL/brat/text; file, dir or glob) whose long "
          "n-grams must not appear in the corpus (repeatable)", _add_decontam, "PATH", True),
     Flag("--output", "output folder (documents/, rejected/, manifest.json, report.md)",

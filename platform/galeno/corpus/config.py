@@ -8,7 +8,7 @@ the ``--help`` of ``jobs/clean_corpus.py`` mirror the pipeline's order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from galeno.corpus.decontam import DecontamConfig
 from galeno.corpus.dedup import LineDedupConfig, MinHashConfig
@@ -89,7 +89,12 @@ class CorpusConfig:
             raise ValueError("shard_mb, num_partitions and output_shards must be positive")
 
     def priority(self, source: SourceConfig) -> int:
-        return source.priority if source.priority is not None else self.sources.index(source)
+        return keep_priority(self.sources, source)
+
+
+def keep_priority(sources: Sequence[SourceConfig], source: SourceConfig) -> int:
+    """The keep rule across corpora: the source's own ``priority``, else its place in ``sources``."""
+    return source.priority if source.priority is not None else list(sources).index(source)
 
 
 def parse_source(spec: str) -> dict[str, str]:

@@ -24,11 +24,11 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from galeno import __version__, paths
 from galeno.config import config_hash, from_dict, to_dict
-from galeno.corpus.config import CorpusConfig
+from galeno.corpus.config import CorpusConfig, SourceConfig, keep_priority
 from galeno.corpus.document import Document, to_row
 from galeno.hashing import file_hash
 
@@ -48,13 +48,15 @@ class Shard:
     files: tuple[str, ...]
 
 
-def plan_shards(cfg: CorpusConfig) -> list[Shard]:
-    """Group each source's files into shards of about ``shard_mb``; names change with content."""
+def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]:
+    """Group each source's files into shards of about ``shard_mb``; names change with content.
+
+    A source's keep priority is its own ``priority``, else its place in ``sources``."""
     from galeno.corpus.readers import expand_source, source_root
 
     shards: list[Shard] = []
-    budget = cfg.shard_mb * 2**20
-    for src in cfg.sources:
+    budget = shard_mb * 2**20
+    for src in sources:
         files = expand_source(src.path, src.format)
         root = source_root(src.path)
         groups: list[list[str]] = [[]]
@@ -69,7 +71,7 @@ def plan_shards(cfg: CorpusConfig) -> list[Shard]:
         for i, group in enumerate(g for g in groups if g):
             stamp = config_hash([[p, os.path.getsize(p), int(os.path.getmtime(p))] for p in group], 8)
             shards.append(Shard(f"{src.name}-{i:05d}-{stamp}", src.name, src.format,
-                                cfg.priority(src), root, tuple(group)))
+                                keep_priority(sources, src), root, tuple(group)))
     return shards
 
 
@@ -384,7 +386,7 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     timings: dict[str, float] = {}
 
-    shards = plan_shards(cfg)
+    shards = plan_shards(cfg.sources, cfg.shard_mb)
     local_dir = paths.corpus_local_shards(out, local_tag(cfg))
     log.info("corpus: %d sources, %d shards -> %s", len(cfg.sources), len(shards), out)
     t = time.time()

@@ -1,4 +1,4 @@
-"""Command lines of ``jobs/finetune_ner.py`` and ``jobs/evaluate_ner.py``."""
+"""Command lines of ``jobs/finetune_ner.py``, ``jobs/evaluate_ner.py`` and ``jobs/predict_ner.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from galeno.config import Flag, parse_cli, set_field
+from galeno.corpus.cli import add_sources
 from galeno.ner.config import NERConfig
 
 FINETUNE_USAGE = """Fine-tune a pretrained encoder for NER (token classification, BIO tags) on the shared loop.
@@ -108,3 +109,46 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return result
+
+
+PREDICT_USAGE = """Tag every document of some sources with a token-classification model, on Ray Data: an actor
+pool loads the model once per actor (CPU or GPU actors) and runs the predictor Serve and evaluation run.
+Writes <output>/predictions/*.parquet (id, source, text as read, entities, reason) and <output>/manifest.json.
+
+examples:
+  python jobs/predict_ner.py --model models:/galeno-ner-meddocan@champion \\
+      --source notes=brat:'notes/**/*.txt' --output artifacts/predictions/notes
+  python jobs/predict_ner.py --model artifacts/ner/pharmaconer/seed-42/best \\
+      --source scielo=bioc:../shared/data/scielo/es-health.bioc.xml --output artifacts/predictions/scielo actors=2
+  ray job submit --working-dir . --runtime-env configs/ray/runtime-env.yaml -- \\
+      python jobs/predict_ner.py --model models:/galeno-ner-meddocan@champion \\
+      --source notes=text:/mnt/shared/notes --output /mnt/shared/predictions/notes actors=8 num_gpus=1
+"""
+
+PREDICT_FLAGS = (
+    Flag("--model", "token-classification model: a Hugging Face directory or models:/NAME@alias",
+         set_field("model"), "PATH_OR_URI"),
+    Flag("--source", "documents to tag, NAME=FORMAT:PATH_OR_GLOB (repeatable; formats: "
+         "jsonl text brat i2b2xml bioc conll warc pdf)", add_sources, "NAME=FORMAT:PATH", True),
+    Flag("--output", "output folder (predictions/, manifest.json)", set_field("output"), "DIR"),
+)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from galeno.inference.batch import PredictConfig, run
+    from galeno.runtime import setup_logging
+
+    setup_logging()
+    try:
+        cfg = parse_cli(PredictConfig, argv, prog="predict_ner.py", description=PREDICT_USAGE, flags=PREDICT_FLAGS)
+        if not cfg.model or not cfg.sources:
+            raise ValueError("give --model and at least one --source")
+    except ValueError as err:
+        sys.exit(f"predict_ner.py: error: {err}")
+    try:
+        manifest = run(cfg)
+    except (ValueError, FileNotFoundError) as err:  # a pool the cluster cannot place, a missing model or input
+        sys.exit(f"predict_ner.py: error: {err}")
+    print(json.dumps({k: manifest[k] for k in ("output", "documents", "by_reason", "entities", "elapsed_seconds",
+                                               "documents_per_second")}, indent=2, ensure_ascii=False))
+    return manifest
