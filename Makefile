@@ -59,7 +59,7 @@ test: install  ## everything CI runs
 
 browser:  ## Debian's chromium + chromium-driver for the Serve page test (root, apt; the test skips without them)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	    apt-get install -y --no-install-recommends chromium chromium-driver
+	    { apt-get update -qq && apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 test-extended: install  ## the tests too slow for CI: ray job submit of all six stages, the Ray Tune sweep, NER on DeepSpeed, resubmitting a DeepSpeed run
 	$(PY) -m pytest -q -ra -m extended $(PYTEST_ARGS)

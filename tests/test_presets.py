@@ -71,3 +71,19 @@ def test_ner_reproduce_recipe_clips_gradients_as_the_published_fine_tuning_did()
     cfg = load(NERConfig, REPO / "configs" / "ner" / "pharmaconer.yaml")
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps, cfg.optim.grad_clip) == (5e-5, 0.0, 0, 1.0)
     assert (cfg.trainer.global_batch, cfg.epochs, cfg.data.max_length) == (16, 10, 512)
+
+
+def test_the_documented_corpus_example_keeps_dev_sets_out():
+    """clean_corpus.py --help is copied by users: its example pretrains on no dev set and decontaminates
+    against every dev set of the corpora it names."""
+    import re
+
+    from galeno.corpus.cli import USAGE
+
+    sources = re.findall(r"--source \w+=\w+:'?([^'\s]+)", USAGE)
+    cleaned = re.findall(r"--decontaminate '?([^'\s]+)", USAGE)
+    assert sources and not [s for s in sources if "dev" in s or "*" in s.split("/data/")[-1]]
+    for source in sources:
+        corpus = source.split("/data/")[1].split("/")[0]
+        assert any(f"/data/{corpus}/dev" in c for c in cleaned), (corpus, cleaned)
+

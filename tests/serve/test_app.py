@@ -331,6 +331,12 @@ def test_local_preset_is_a_serve_config_and_a_job_preset(models):
     assert data["applications"][0]["import_path"] == IMPORT_PATH
     cfg = load_preset(path, ("ner.max_replicas=2",))
     assert cfg.ner.max_replicas == 2 and cfg.port == data["http_options"]["port"]
+    # `make serve` serves what promotion chose (a rollback with promote --force moves it), not `latest`
+    from galeno.inference.source import split_models_uri
+    from galeno.pipeline import PromoteConfig
+
+    for uri in (cfg.fill_mask_model, cfg.ner_model):
+        assert split_models_uri(uri)[1:] == (PromoteConfig().alias, "alias"), uri
     assert cfg.fill_mask.max_ongoing_requests >= cfg.fill_mask.batch.max_batch_size
     # what `serve run ... fill_mask_model=PATH ner.max_replicas=2` hands the builder: strings, dotted keys
     app = app_builder({"fill_mask_model": str(models["mlm"]), "ner.max_replicas": "2", "ner_model": str(models["ner"])})

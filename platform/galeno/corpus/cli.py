@@ -14,8 +14,9 @@ USAGE = """Clean, deduplicate and decontaminate biomedical corpora on Ray Data.
 examples:
   python jobs/clean_corpus.py --config configs/corpus/sample.yaml
   python jobs/clean_corpus.py --source pharmaconer=conll:../shared/data/pharmaconer/train.conll \\
-      --source meddocan=brat:'../shared/data/meddocan/*/brat' \\
-      --decontaminate ../shared/data/pharmaconer/dev.conll --output artifacts/corpus
+      --source meddocan=brat:'../shared/data/meddocan/train/brat' \\
+      --decontaminate ../shared/data/pharmaconer/dev.conll --decontaminate '../shared/data/meddocan/dev/brat' \\
+      --output artifacts/corpus
   ray job submit --working-dir . -- python jobs/clean_corpus.py --config configs/corpus/shared.yaml
 """
 
