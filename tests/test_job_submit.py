@@ -9,7 +9,7 @@ which joins the job's cluster, packs on Ray Data there, trains, exports, and tra
 into the store the job was given. Ray Train runs in CI outside a submission
 (tests/train/test_pretrain.py), and so does each later stage's job (tests/ner,
 tests/test_registry.py, tests/serve); ``make test-extended`` submits all six stages, with Ray
-Train, NER, promotion and Serve (4.5 min on 2 cores).
+Train, NER, promotion and Serve (4.5 min on 2 cores), and batch prediction (``jobs/predict_ner.py``).
 """
 
 from __future__ import annotations
@@ -118,3 +118,27 @@ def _assert_promoted_and_served(summary: dict, ner: Path, logs: str) -> None:
     assert {e["label"] for e in answer["entities"]} <= {"NORMALIZABLES", "NOTNORMALIZABLES", "PROTEINAS"}
     gold = {"fibrinógeno", "urea", "creatinina", "LDH", "gonadotropinacoriónica humana", "alfafetoproteína"}
     assert gold & {e["text"] for e in answer["entities"]}, answer  # at least one right
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_predict_ner_under_ray_job_submit(ray_head, tmp_path):
+    """Batch prediction submitted to a cluster: the job's driver joins it, the actor pool tags every document."""
+    import pyarrow.parquet as pq
+
+    from tests.builders import random_tagger, tiny_models
+
+    ray_bin, address, env = ray_head
+    tagger = random_tagger(tiny_models(tmp_path / "models")["ner"], tmp_path / "tagger")
+    out = tmp_path / "predicted"
+    done = subprocess.run(
+        [ray_bin, "job", "submit", "--address", address, "--runtime-env", "configs/ray/runtime-env.yaml", "--",
+         "python", "jobs/predict_ner.py", "--model", str(tagger), "--source", "med=brat:data/sample/meddocan/dev/brat",
+         "--output", str(out), "actors=1,2", "num_cpus=0.5", "max_length=64", "stride=4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    manifest = json.loads(paths.predictions_manifest(out).read_text())
+    rows = pq.read_table(paths.predictions(out)).to_pylist()
+    assert manifest["documents"] == {"med": 6} and len(rows) == 6 and all(r["reason"] is None for r in rows)
+    assert all(r["text"][e["start"]:e["end"]] == e["text"] for r in rows for e in r["entities"])
+    assert sum(len(r["entities"]) for r in rows) > 20
