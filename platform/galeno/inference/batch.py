@@ -30,7 +30,8 @@ from typing import Any
 
 from galeno import paths
 from galeno.corpus.config import SourceConfig
-from galeno.inference.token_classification import AGGREGATIONS
+from galeno.inference.loading import load_ner, local_source
+from galeno.inference.token_classification import AGGREGATIONS, predict_entities
 from galeno.runtime import RayConfig
 from galeno.tracking import TrackingConfig
 
@@ -120,15 +121,11 @@ class Tagger:
     def __init__(self, model_dir: str, cfg: dict[str, Any]) -> None:
         import torch
 
-        from galeno.inference.loading import load_ner, local_source
-
         torch.set_num_threads(max(1, round(cfg["num_cpus"])))
         self.cfg = cfg
         self.loaded = load_ner(local_source(model_dir), cfg["max_length"], want_gpu=cfg["num_gpus"] > 0)
 
     def _tag(self, texts: list[str]) -> list[list[dict[str, Any]]]:
-        from galeno.inference.token_classification import predict_entities
-
         return predict_entities(self.loaded, [(texts, self.cfg["aggregation_strategy"])], stride=self.cfg["stride"],
                                 chunk=self.cfg["forward_batch_size"])[0]
 
@@ -219,7 +216,7 @@ def _tag_all(cfg: PredictConfig, model_dir: str, shards: list, out: Path) -> dic
         settings = {k: getattr(cfg, k) for k in ("aggregation_strategy", "max_length", "stride",
                                                   "forward_batch_size", "num_cpus", "num_gpus")}
         ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=max(1, len(shards)))
-        ds = ds.flat_map(_read, num_cpus=0, concurrency=cfg.read_concurrency)
+        ds = ds.flat_map(_read, num_cpus=0, concurrency=max(1, min(cfg.read_concurrency, len(shards))))
         ds = ds.map_batches(Tagger, fn_constructor_kwargs={"model_dir": model_dir, "cfg": settings},
                             batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=(low, high),
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
