@@ -343,6 +343,22 @@ def test_local_preset_is_a_serve_config_and_a_job_preset(models):
     assert app is not None
 
 
+def test_serve_on_an_empty_registry_says_what_to_run_within_seconds(tmp_path, monkeypatch):
+    """No replica starts for a model that is not registered: one line naming `make demo` and the promote
+    command, a non-zero exit, in seconds. The check creates the embedded store, once, before any replica."""
+    from galeno.serve.cli import main
+
+    monkeypatch.setenv("GALENO_HOME", str(tmp_path / "home"))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--fill-mask-model", "models:/galeno-mlm@champion", "--ner-model", "models:/galeno-ner-x@champion"])
+    message = str(exit_.value.code)
+    assert time.monotonic() - start < 30
+    assert "models:/galeno-mlm@champion cannot be served" in message and "make demo" in message
+    assert "python jobs/promote.py --model galeno-mlm --version N" in message and "\n" not in message
+    assert (tmp_path / "home" / "mlflow" / "mlflow.db").is_file()
+
+
 def test_config_refuses_a_batch_larger_than_max_ongoing_requests():
     from galeno.config import ConfigError, load
     from galeno.serve.config import ServeConfig

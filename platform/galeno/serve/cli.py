@@ -55,6 +55,30 @@ def parse(argv: Sequence[str] | None = None) -> tuple[ServeConfig, bool]:
     return cfg, args.once
 
 
+def check_models(cfg: ServeConfig) -> None:
+    """Ask the registry where every ``models:/`` URI points, once, on the driver, before any replica starts.
+
+    This creates the embedded SQLite store once: two replicas creating it at the same time race in its
+    schema migrations. It also turns a model that is not there into one line that says what to run,
+    within seconds, not a replica's traceback a minute later. Raises ``SystemExit``.
+    """
+    from galeno.inference.source import registry_version, split_models_uri
+    from galeno.tracking import tracking_uri
+
+    for kind, uri in (("fill-mask", cfg.fill_mask_model), ("NER", cfg.ner_model)):
+        if not uri.startswith("models:/"):
+            continue
+        try:
+            registry_version(uri, tracking_uri(cfg.tracking))
+        except Exception as err:  # noqa: BLE001 - MLflow's not-found, no versions, or an unreachable store
+            name, reference, how = split_models_uri(uri)
+            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            hint = (f"python jobs/promote.py --model {name} --version N" if how == "alias"
+                    else "a job that registers it (jobs/pretrain.py, jobs/finetune_ner.py)")
+            raise SystemExit(f"serve.py: the {kind} model {uri} cannot be served: {detail}. Run `make demo` to "
+                             f"build and register the demo models, or register one and point to it with {hint}.")
+
+
 def start(cfg: ServeConfig) -> str:
     """Start Serve and the application of ``cfg`` on this Ray; returns its URL once it is running."""
     from ray import serve
@@ -106,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     cfg, just_once = parse(argv)
+    check_models(cfg)
     url = start(cfg)
     print(f"Galeno models at {url}/  (API docs: {url}/docs)", flush=True)
     if just_once:
