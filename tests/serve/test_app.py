@@ -497,6 +497,10 @@ def test_healthz_models_page_and_openapi(served):
     client = served["client"]
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["waiting"] == []
+    assert {k: m["path"] for k, m in ready.json()["models"].items()} == {
+        "fill-mask": str(Path(served["models"]["mlm"]).resolve()), "ner": str(Path(served["models"]["ner"]).resolve())}
     models = client.get("/models").json()
     assert models["fill-mask"]["path"] == str(Path(served["models"]["mlm"]).resolve())
     assert models["fill-mask"]["mask_token"] == "<mask>" and models["fill-mask"]["version"] is None
@@ -506,7 +510,7 @@ def test_healthz_models_page_and_openapi(served):
     assert "El único antecedente personal a reseñar era la &lt;mask&gt; arterial." in page.text
     assert "<script>" in page.text and " src=" not in page.text and 'href="http' not in page.text  # no external assets
     schema = client.get("/openapi.json").json()
-    assert {"/fill-mask", "/ner", "/models", "/healthz"} <= set(schema["paths"])
+    assert {"/fill-mask", "/ner", "/models", "/healthz", "/readyz"} <= set(schema["paths"])
     assert "FillMaskRequest" in schema["components"]["schemas"]
 
 

@@ -221,6 +221,16 @@ def make_api(ingress) -> Any:
         """The ingress answers; ``models`` is what it last heard the model deployments serve."""
         return {"status": "ok", "models": dict(ingress.models)}
 
+    @api.get("/readyz", responses={503: {"description": "a served model is not loaded yet, or does not answer"}})
+    async def readyz():
+        """Ready when a replica of every served model answers with the model it has loaded (asked now).
+        The probe for a load balancer or a Kubernetes readiness check; /healthz is the liveness probe."""
+        info = await ingress.model_info(timeout=2.0)
+        waiting = sorted(kind for kind, handle in ingress.handles.items()
+                         if handle is not None and (info.get(kind) is None or "error" in info[kind]))
+        body = {"status": "loading" if waiting else "ready", "waiting": waiting, "models": info}
+        return JSONResponse(body, status_code=503 if waiting else 200)
+
     @api.get("/models")
     async def models() -> dict[str, Any]:
         """What each model deployment serves: URI, registry name and version, run id, path, labels."""

@@ -2,7 +2,7 @@
 
 ::
 
-    HTTP proxy ──> Ingress (FastAPI: /, /healthz, /models, /fill-mask, /ner)
+    HTTP proxy ──> Ingress (FastAPI: /, /healthz, /readyz, /models, /fill-mask, /ner)
                       ├── FillMask   @serve.batch, reconfigure(user_config) reloads the model
                       └── NER        @serve.batch, reconfigure(user_config) reloads the model
 
