@@ -349,6 +349,9 @@ def test_serve_on_an_empty_registry_says_what_to_run_within_seconds(tmp_path, mo
     from galeno.serve.cli import main
 
     monkeypatch.setenv("GALENO_HOME", str(tmp_path / "home"))
+    # an earlier test's register_model exported MLflow's URI into this process (see galeno.registry)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         main(["--fill-mask-model", "models:/galeno-mlm@champion", "--ner-model", "models:/galeno-ner-x@champion"])
