@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -195,7 +196,9 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     the metrics go on that run and the model at ``step`` (the training step they were measured
     at, so they sit on the run's curves where they belong).
     Sets the process's MLflow tracking and registry URI to ``cfg``'s, as ``mlflow.pyfunc.log_model``
-    reads them from there.
+    reads them from there. MLflow also exports them as ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_REGISTRY_URI``; those are put back as they were, so that a later
+    ``tracking_uri(TrackingConfig())`` in this process still means the store it meant before.
     """
     import mlflow
 
@@ -212,8 +215,14 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     tags["galeno.kind"] = kind
     signature, example = _signature_and_example(kind, model_dir)
 
+    exported = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in exported.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     with tempfile.TemporaryDirectory(prefix="galeno-register-") as tmp:
         code = Path(tmp) / "galeno_model.py"
         code.write_text(_MODEL_CODE.format(kind=kind), encoding="utf-8")

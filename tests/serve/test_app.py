@@ -349,9 +349,6 @@ def test_serve_on_an_empty_registry_says_what_to_run_within_seconds(tmp_path, mo
     from galeno.serve.cli import main
 
     monkeypatch.setenv("GALENO_HOME", str(tmp_path / "home"))
-    # an earlier test's register_model exported MLflow's URI into this process (see galeno.registry)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         main(["--fill-mask-model", "models:/galeno-mlm@champion", "--ner-model", "models:/galeno-ner-x@champion"])
@@ -607,15 +604,6 @@ def test_reconfigure_reloads_running_replicas_in_place(served):
     assert after["runtime"] == "torch" and "onnx" not in after
 
 
-def _ann_entities(path: Path) -> set[tuple[str, int, int]]:
-    found = set()
-    for line in path.read_text().splitlines():
-        if line.startswith("T"):
-            label, start, end = line.split("\t")[1].split()
-            found.add((label, int(start), int(end)))
-    return found
-
-
 def test_registered_model_serve_and_evaluation_give_the_same_entities(served, tmp_path, monkeypatch):
     """One predictor (galeno.inference) behind the registered MLflow model, a Serve replica and
     jobs/evaluate_ner.py: identical entities on the sample's MEDDOCAN dev documents."""
@@ -644,14 +632,11 @@ def test_registered_model_serve_and_evaluation_give_the_same_entities(served, tm
 
     evaluate_main(["--model", str(model), "--data", str(dev), "--format", "brat", "--max-length", "64",
                    "--stride", "32", "--write-brat", str(tmp_path / "predicted")])
-    by_evaluation = [_ann_entities(tmp_path / "predicted" / f"{d.id}.ann") for d in same]
+    predicted = {d.id: d for d in read_brat(tmp_path / "predicted")[0]}
+    by_evaluation = [{(e.label, e.start, e.end) for e in predicted[d.id].entities} for d in same]
 
     monkeypatch.setenv("GALENO_HOME", str(tmp_path / "home"))
     cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # MLflow's set_tracking_uri (register_model calls it) exports MLFLOW_TRACKING_URI to this process;
-    # set here, monkeypatch takes it back after the test, so later tests track where they did before
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking_uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", cfg.tracking_uri)
     version = register_model(model, "galeno-ner-same", kind="ner", cfg=cfg)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     registered = mlflow.pyfunc.load_model(f"models:/galeno-ner-same/{version}")

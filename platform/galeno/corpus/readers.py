@@ -495,6 +495,12 @@ def _bioc_document(src: _Source, element: Any, n: int, bad: int) -> Document:
     return src.doc(doc_id, "\n".join(texts), reason=reason, bad_bytes=bad, **meta)
 
 
+def _named_id(fragment: str) -> dict[str, str]:
+    """``{"document_id": ...}`` where a damaged document's ``<id>`` can still be read, else nothing."""
+    found = _DOCUMENT_ID.search(fragment)
+    return {"document_id": found.group(1)} if found else {}
+
+
 def _bioc_piece(src: _Source, piece: str, n: int, bad: int, first: bool) -> Document:
     """Document ``n`` of a collection from its piece of the file, which ends at ``</document>``.
 
@@ -509,9 +515,8 @@ def _bioc_piece(src: _Source, piece: str, n: int, bad: int, first: bool) -> Docu
     try:
         return _bioc_document(src, parse_xml(piece[at:]), n, bad)
     except MalformedXML as exc:
-        found = _DOCUMENT_ID.search(piece[at:])
         return src.doc(f"{src.line_id(n)}#malformed", reason="malformed_xml", bad_bytes=bad, error=exc,
-                       **({"document_id": found.group(1)} if found else {}))
+                       **_named_id(piece[at:]))
 
 
 def _read_bioc(src: _Source) -> Iterator[Document]:
@@ -554,10 +559,9 @@ def _read_bioc(src: _Source) -> Iterator[Document]:
     if root and _closes(tail, root) and _XML_MISC_RE.fullmatch(tail[: tail.rfind(f"</{root}")]):
         return
     cut = _DOCUMENT_START.search(tail)
-    found = _DOCUMENT_ID.search(tail[cut.start():]) if cut else None
     yield src.doc(f"{src.line_id(count + 1)}#truncated", reason="malformed_xml", bad_bytes=tail_bad,
                   error=MalformedXML(f"the file ends before </{root or 'collection'}>"),
-                  documents_read=count, **({"document_id": found.group(1)} if found else {}))
+                  documents_read=count, **(_named_id(tail[cut.start():]) if cut else {}))
 
 
 _NO_SPACE_BEFORE = frozenset(".,;:)]%")

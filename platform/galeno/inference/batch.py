@@ -187,7 +187,7 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     from galeno.runtime import init_ray
 
     if not cfg.model or not cfg.sources:
-        raise ValueError("predict_ner needs --model and at least one --source")
+        raise ValueError("give --model and at least one --source")
     out = Path(paths.absolute(cfg.output))
     model_dir = paths.absolute(resolve_model(cfg.model, cfg.tracking))
     shards = plan_shards(cfg.sources, cfg.shard_mb)

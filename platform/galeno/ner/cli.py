@@ -141,8 +141,6 @@ def predict_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setup_logging()
     try:
         cfg = parse_cli(PredictConfig, argv, prog="predict_ner.py", description=PREDICT_USAGE, flags=PREDICT_FLAGS)
-        if not cfg.model or not cfg.sources:
-            raise ValueError("give --model and at least one --source")
     except ValueError as err:
         sys.exit(f"predict_ner.py: error: {err}")
     try:
