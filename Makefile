@@ -49,7 +49,7 @@ mlflow-ui: install  ## browse the embedded store (runs, registry, lineage) at ht
 	    --backend-store-uri sqlite:///$(MLFLOW_HOME)/mlflow.db --default-artifact-root $(MLFLOW_HOME)/artifacts
 
 tokenizer-shared: install  ## 52k byte-level BPE on the shared corpus (after make corpus-shared)
-	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/shared.yaml
+	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/shared.yaml --corpus artifacts/corpus-shared
 
 bench-pretrain: install  ## our training loop vs a plain Hugging Face Trainer (tokens/s)
 	$(PY) benchmarks/pretrain_throughput.py

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from galeno import paths
+from galeno import handover, paths
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
 
 
 def write_corpus(out: Path, docs: list[dict]) -> Path:
-    """``docs`` as the corpus job writes them: documents/part-NNNNN.parquet and manifest.json."""
+    """``docs`` as the corpus job writes them: documents/part-NNNNN.parquet, manifest.json, report.md
+    and the hand-over record (outputs.json)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -28,6 +29,10 @@ def write_corpus(out: Path, docs: list[dict]) -> Path:
     for n, part in enumerate((rows[:half], rows[half:])):
         pq.write_table(pa.Table.from_pylist(part, schema=schema), folder / f"part-{n:05d}.parquet")
     paths.corpus_manifest(out).write_text(json.dumps({"total": {"documents_out": len(rows)}}))
+    paths.corpus_report(out).write_text("| corpus | words |\n")
+    handover.write(handover.record(handover.CorpusOutputs, out, documents=folder, manifest=paths.corpus_manifest(out),
+                                   report=paths.corpus_report(out), documents_out=len(rows),
+                                   words_out=sum(r["n_words"] for r in rows)))
     return out
 
 

@@ -81,3 +81,84 @@ def test_every_make_install_uses_the_lock_unless_told_not_to():
     assert not any("-c " in c for c in make_dry_run("LOCK=")), make_dry_run("LOCK=")
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)  # CI installs the way `make test` does
+
+
+# --------------------------------------------------------------------------- what the cluster installs
+def _cluster_extras() -> list[str]:
+    """The extras cluster.yaml's setup commands install galeno with."""
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    found = [m.group(1) for cmd in cluster["setup_commands"]
+             for m in re.finditer(r'-e\s+"?\.\[([a-z,]+)\]"?', cmd)]
+    assert len(found) == 1, f"cluster.yaml should install galeno once with extras: {found}"
+    return found[0].split(",")
+
+
+def _requirement_closure(roots: list[Requirement]) -> set[str]:
+    """Every distribution the installed ``roots`` pull in, with their extras (as pip resolves them here)."""
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = [(canonicalize_name(r.name), set(r.extras)) for r in roots]
+    done: set[tuple[str, frozenset]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, frozenset(extras)) in done:
+            continue
+        done.add((name, frozenset(extras)))
+        seen.add(name)
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            env_ok = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (extras or {""}))
+            if req.marker is not None and "extra" not in str(req.marker):
+                env_ok = req.marker.evaluate({"extra": ""})
+            if env_ok:
+                todo.append((canonicalize_name(req.name), set(req.extras)))
+    return seen
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level module -> the files importing it, over platform/galeno and jobs/, imports inside functions included."""
+    import ast
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for path in [*(REPO / "platform" / "galeno").rglob("*.py"), *(REPO / "jobs").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("galeno", "__future__"):
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_job_imports_only_what_the_cluster_installs():
+    """cluster.yaml once installed .[corpus,train] while every job tracks to MLflow by default: the first
+    job on the cluster stopped at an ImportError. Every module the jobs and the library import (inside
+    functions too) must come from a distribution that the cluster's install pulls in."""
+    from importlib import metadata
+
+    extras = _cluster_extras()
+    closure = _requirement_closure([Requirement(f"galeno[{','.join(extras)}]"), Requirement("torch")])  # torch: its own line
+    providers = metadata.packages_distributions()
+    missing = {}
+    for module, files in sorted(_third_party_imports().items()):
+        dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        if not dists & closure:
+            missing[module] = (sorted(dists) or ["not installed here"], sorted(files)[:3])
+    assert missing == {}, f"imported but not installed by cluster.yaml's .[{','.join(extras)}]: {missing}"
+
+
+def test_the_closure_check_can_fail():
+    """Without the tracking extra, MLflow is outside what the cluster installs, as in the original failure."""
+    closure = _requirement_closure([Requirement("galeno[corpus,train]"), Requirement("torch")])
+    assert "mlflow" not in closure and "ray" in closure and "transformers" in closure

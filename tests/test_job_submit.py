@@ -38,21 +38,21 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
     corpus, tokenizer, run, ner = (tmp_path / d for d in ("corpus", "tokenizer", "run", "ner"))
     pipeline = {
         "corpus": {"config": [str(tmp_path / "corpus.yaml")]},
-        "tokenizer": {"overrides": [f"corpus={corpus}", f"output={tokenizer}", "vocab_size=2000", "max_length=64",
+        # no upstream folder is named below: the pipeline hands each stage its inputs from the records
+        "tokenizer": {"overrides": [f"output={tokenizer}", "vocab_size=2000", "max_length=64",
                                     "eval_fraction=0", "progress=false"]},
         # one Ray Train worker without DeepSpeed (2 workers with DeepSpeed are tests/train/test_pretrain.py's);
         # in CI, world size 1 in the stage's process
-        "pretrain": {"overrides": tiny_overrides(corpus, tokenizer, run, **{
+        "pretrain": {"overrides": tiny_overrides(None, None, run, **{
             "trainer.num_workers": 1, "trainer.deepspeed": False, "trainer.micro_batch": 8, "trainer.max_steps": 4,
             "trainer.eval_every": 2, "trainer.checkpoint_every": 2,
             "trainer.launcher": "ray" if whole else "local"})},
         "ner": {"config": ["configs/ner/tiny-cpu.yaml"],
                 # the preset's batch 8 at a constant 1e-3 tags from the 2nd epoch on (3 seeds tried)
-                "overrides": [f"model={paths.model_export(run)}", f"output={ner}", "epochs=4", "data.max_length=64",
+                "overrides": [f"output={ner}", "epochs=4", "data.max_length=64",
                               "trainer.log_every=5"]},
         "serve": {"config": ["configs/serve/local.yaml"],
-                  "overrides": [f"port={free_port()}", "fill_mask_model=models:/galeno-mlm@champion",
-                                "ner_model=models:/galeno-ner-pharmaconer-sample@champion", "max_length=64",
+                  "overrides": [f"port={free_port()}", "max_length=64",
                                 "fill_mask.num_cpus=0.5", "ner.num_cpus=0.5"]},
     }
     (tmp_path / "corpus.yaml").write_text(yaml.safe_dump({
@@ -64,7 +64,7 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
         from galeno.tokenizer import TokenizerConfig, train_tokenizer
 
         write_corpus(corpus, sample_documents())
-        train_tokenizer(load(TokenizerConfig, None, pipeline["tokenizer"]["overrides"]))  # the stage's settings
+        train_tokenizer(load(TokenizerConfig, None, [f"corpus={corpus}", *pipeline["tokenizer"]["overrides"]]))
         pipeline.update(start_from="pretrain", stop_after="pretrain")
     preset = tmp_path / "pipeline.yaml"
     preset.write_text(yaml.safe_dump(pipeline))

@@ -137,7 +137,7 @@ def test_the_run_is_tracked_with_the_corpus_as_input(trained):
 
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="empty corpus: no Parquet files"):
+    with pytest.raises(ValueError, match="missing is not a finished corpus output.*run jobs/clean_corpus.py"):
         train_tokenizer(_config(tmp_path / "missing", tmp_path / "out"))
     with pytest.raises(ValueError, match="empty corpus: the Parquet files .* hold no documents"):
         train_tokenizer(_config(_write_corpus(tmp_path / "empty", []), tmp_path / "out"))
@@ -145,6 +145,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="none of the 1 documents"):
         train_tokenizer(_config(blank, tmp_path / "out"))
     assert not paths.tokenizer_report(tmp_path / "out").exists()
+    assert not paths.stage_record(tmp_path / "out").exists()  # no hand-over record for a failed run
 
 
 def test_config_rejects_bad_values():

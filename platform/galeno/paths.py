@@ -23,6 +23,17 @@ def artifact_root() -> Path:
     return Path(os.environ.get("GALENO_HOME", "artifacts"))
 
 
+def default_output(stage: str) -> str:
+    """A job's output folder when neither its preset nor the command line names one."""
+    return str(artifact_root() / stage)
+
+
+def stage_record(out: str | Path) -> Path:
+    """The typed record a finished stage leaves in its output folder (galeno.handover): what the
+    next stage reads, and the proof that the stage finished."""
+    return Path(out) / "outputs.json"
+
+
 # --- corpus stage (output contract: docs/corpus.md)
 def corpus_documents(out: str | Path) -> Path:
     return Path(out) / "documents"
@@ -80,9 +91,29 @@ def model_export(out: str | Path) -> Path:
     return Path(out) / "model"
 
 
+def pretrain_summary(out: str | Path) -> Path:
+    """Steps, losses, throughput and the registered model of a finished run."""
+    return Path(out) / "summary.json"
+
+
 def metrics_log(out: str | Path) -> Path:
     """Per-step metrics of rank 0 as JSON lines (also reported to Ray Train and MLflow)."""
     return Path(out) / "metrics.jsonl"
+
+
+# --- NER fine-tuning stage (docs/ner.md)
+def ner_results(out: str | Path) -> Path:
+    """Per-seed and aggregate dev scores, the best seed and the registered model."""
+    return Path(out) / "results.json"
+
+
+def ner_seed(out: str | Path, seed: int) -> Path:
+    """One seed's run: checkpoints, best/ (the model kept), dev metrics and predictions."""
+    return Path(out) / f"seed-{seed}"
+
+
+def ner_best(seed_dir: str | Path) -> Path:
+    return Path(seed_dir) / "best"
 
 
 # --- batch prediction (jobs/predict_ner.py; galeno.inference.batch)

@@ -3,10 +3,14 @@ fine-tuning → promotion (registry aliases) → Serve, each stage the job a use
 
 Each stage runs as its own process (``python jobs/<stage>.py --config ... overrides``), so it
 starts, uses and stops its own Ray exactly as when run alone — or joins the cluster named by
-``$RAY_ADDRESS`` under ``ray job submit -- python jobs/pipeline.py``. Stages hand over through
-their recorded outputs on disk (the corpus manifest, the tokenizer files, the exported model and
-its ``summary.json``, the NER ``results.json``) and the MLflow registry, as they do when run by
-hand. ``start_from`` skips the stages before it after checking that their outputs are there;
+``$RAY_ADDRESS`` under ``ray job submit -- python jobs/pipeline.py``.
+
+Stages hand over explicitly. Each finished stage leaves a typed record in its output folder
+(``outputs.json``, :mod:`galeno.handover`), and this job reads it and passes what the next stage
+needs on that stage's command line: the corpus folder to the tokenizer and pretraining, the
+tokenizer to pretraining, the pretrained model to NER, the registered versions to promotion, and
+``models:/NAME@ALIAS`` of both to Serve. So a stage preset names only its own output, never an
+upstream one. ``start_from`` skips the stages before it after reading their records;
 ``stop_after`` ends the chain early.
 """
 
@@ -73,9 +77,11 @@ class PipelineConfig:
             raise ValueError(f"start_from ({self.start_from}) comes after stop_after ({self.stop_after})")
 
 
-def _job_args(stage: StageConfig, *flags: str) -> list[str]:
-    """The stage job's arguments: its presets, ``flags``, then its overrides."""
-    return [arg for path in stage.config for arg in ("--config", path)] + list(flags) + list(stage.overrides)
+def _job_args(stage: StageConfig, *flags: str, inputs: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The stage job's arguments: its presets, ``flags``, the ``inputs`` handed over from upstream
+    stages, then the stage's own overrides (last, so a user's override wins)."""
+    return ([arg for path in stage.config for arg in ("--config", path)] + list(flags) + list(inputs)
+            + list(stage.overrides))
 
 
 def _job_config(cls: type, stage: StageConfig) -> Any:
@@ -84,36 +90,50 @@ def _job_config(cls: type, stage: StageConfig) -> Any:
 
 
 def stage_outputs(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """Per stage: the folder it writes and the file that proves it finished (its output contract)."""
-    from galeno import paths
+    """Per training stage: the folder it writes and the record class it leaves there (its output contract)."""
+    from galeno import handover
     from galeno.corpus.config import CorpusConfig
     from galeno.ner.config import NERConfig
     from galeno.tokenizer import TokenizerConfig
     from galeno.train.config import PretrainConfig
 
-    corpus = _job_config(CorpusConfig, cfg.corpus).output
-    tokenizer = _job_config(TokenizerConfig, cfg.tokenizer).output
-    pretrain = _job_config(PretrainConfig, cfg.pretrain).output
-    ner = _job_config(NERConfig, cfg.ner).output
-    return {"corpus": {"output": corpus, "done": paths.corpus_manifest(corpus)},
-            "tokenizer": {"output": tokenizer, "done": Path(tokenizer) / "tokenizer.json"},
-            "pretrain": {"output": pretrain, "done": Path(pretrain) / "summary.json"},
-            "ner": {"output": ner, "done": Path(ner) / "results.json"}}
+    configs = {"corpus": (CorpusConfig, handover.CorpusOutputs), "tokenizer": (TokenizerConfig, handover.TokenizerOutputs),
+               "pretrain": (PretrainConfig, handover.PretrainOutputs), "ner": (NERConfig, handover.NEROutputs)}
+    return {stage: {"output": _job_config(cls, getattr(cfg, stage)).output, "record": record}
+            for stage, (cls, record) in configs.items()}
 
 
-def _command(script: str, stage: StageConfig, *flags: str) -> list[str]:
-    return [sys.executable, str(JOBS / script), *_job_args(stage, *flags)]
+def stage_inputs(stage: str, done: dict[str, Any], alias: str) -> list[str]:
+    """What ``stage`` is handed from the records of the stages ``done`` before it, as overrides."""
+    if stage == "tokenizer":
+        return [f"corpus={done['corpus'].output}"]
+    if stage == "pretrain":
+        return [f"data.corpus={done['corpus'].output}", f"data.tokenizer={done['tokenizer'].tokenizer}"]
+    if stage == "ner":
+        return [f"model={done['pretrain'].model}"]
+    if stage == "serve":
+        return [f"fill_mask_model={_alias_uri(done['pretrain'], alias)}", f"ner_model={_alias_uri(done['ner'], alias)}"]
+    return []
 
 
-def _registered(done: Path) -> tuple[str, str] | None:
-    """(name, version) of the model a training stage registered, from its recorded summary."""
+def _registered(rec: Any) -> tuple[str, str]:
+    """(name, version) of the model a training stage registered, from its record."""
     from galeno.inference.source import split_models_uri
 
-    uri = json.loads(done.read_text()).get("registered_model") or ""
+    uri = rec.registered_model or ""
     if not uri.startswith("models:/"):
-        return None
+        raise RuntimeError(f"the {rec.STAGE} stage registered no model (is tracking on and the store reachable?): "
+                           f"see {rec.output}")
     name, version, _ = split_models_uri(uri)
     return name, version
+
+
+def _alias_uri(rec: Any, alias: str) -> str:
+    return f"models:/{_registered(rec)[0]}@{alias}"
+
+
+def _command(script: str, stage: StageConfig, *flags: str, inputs: list[str]) -> list[str]:
+    return [sys.executable, str(JOBS / script), *_job_args(stage, *flags, inputs=inputs)]
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
@@ -121,36 +141,39 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     where relative paths in the presets point from, as for every job); returns per-stage status,
     seconds and outputs. Raises :class:`ConfigError` when a skipped stage's output is missing, and
     ``RuntimeError`` naming the stage whose job failed."""
+    from galeno import handover
+
     if not (JOBS / "pretrain.py").is_file():
         raise ConfigError(f"run the pipeline from the repo root: no {JOBS / 'pretrain.py'} under {Path.cwd()}")
     outputs = stage_outputs(cfg)
     first, last = STAGES.index(cfg.start_from), STAGES.index(cfg.stop_after)
+    done: dict[str, Any] = {}
     for skipped in STAGES[:first]:
-        done = outputs.get(skipped, {}).get("done")
-        if done is not None and not done.is_file():
-            raise ConfigError(f"start_from={cfg.start_from} needs the {skipped} stage's output, but {done} "
-                              f"does not exist: run from {skipped} (start_from={skipped})")
+        if skipped in outputs:
+            try:
+                done[skipped] = handover.read(outputs[skipped]["output"], outputs[skipped]["record"])
+            except handover.HandoverError as err:
+                raise ConfigError(f"start_from={cfg.start_from} needs the {skipped} stage's output: {err} "
+                                  f"(or run from {skipped}: start_from={skipped})") from err
     report: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
     t_all = time.time()
     for index, stage in enumerate(STAGES[first:last + 1], start=first + 1):
         print(f"\n=== [{index}/{len(STAGES)}] {stage} ===", flush=True)
         t0 = time.time()
+        inputs = stage_inputs(stage, done, cfg.promote.alias)
         if stage == "promote":
             commands = []
             for trained in ("pretrain", "ner"):
-                model = _registered(outputs[trained]["done"])
-                if model is None:
-                    raise RuntimeError(f"promote: the {trained} stage registered no model "
-                                       f"(is the tracking store reachable?): see {outputs[trained]['done']}")
-                commands.append([sys.executable, str(JOBS / "promote.py"), "--model", model[0], "--version", model[1],
+                name, version = _registered(done[trained])
+                commands.append([sys.executable, str(JOBS / "promote.py"), "--model", name, "--version", version,
                                  "--alias", cfg.promote.alias,
                                  *(["--force", "--reason", "pipeline promote.force=true"] if cfg.promote.force else [])])
         elif stage == "serve":
-            commands = [_command("serve.py", cfg.serve, "--once")]
+            commands = [_command("serve.py", cfg.serve, "--once", inputs=inputs)]
         else:
             script = {"corpus": "clean_corpus.py", "tokenizer": "train_tokenizer.py", "pretrain": "pretrain.py",
                       "ner": "finetune_ner.py"}[stage]
-            commands = [_command(script, getattr(cfg, stage))]
+            commands = [_command(script, getattr(cfg, stage), inputs=inputs)]
         codes = []
         for cmd in commands:
             log.info("running %s", " ".join(cmd[1:]))
@@ -163,8 +186,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if not ok:
             raise RuntimeError(f"the {stage} stage failed (exit status {max(codes)}); the stages before it are "
                                f"done: rerun with start_from={stage} once it is fixed")
-        if stage in outputs and not outputs[stage]["done"].is_file():
-            raise RuntimeError(f"the {stage} stage ended without writing {outputs[stage]['done']}")
+        if stage in outputs:
+            try:
+                done[stage] = handover.read(outputs[stage]["output"], outputs[stage]["record"])
+            except handover.HandoverError as err:
+                raise RuntimeError(f"the {stage} stage ended without its record: {err}") from err
         print(f"=== {stage}: {seconds:.0f} s ===", flush=True)
     report["seconds"] = round(time.time() - t_all, 1)
     return report

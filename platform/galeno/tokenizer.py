@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from galeno import paths
+from galeno import handover, paths
 from galeno.hashing import file_hash, is_heldout
 from galeno.config import Flag, config_hash, parse_cli, set_field, to_dict
 from galeno.corpus.readers import FORMATS, expand_source, read_file, source_root
@@ -55,11 +55,12 @@ def parse_eval_path(spec: str) -> tuple[str, str]:
 
 @dataclass
 class TokenizerConfig:
-    corpus: str = "artifacts/corpus"
-    """Output folder of the corpus job: its documents/*.parquet are the training text."""
-    output: str = "artifacts/tokenizer"
-    """Folder for the Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json)
-    and tokenizer_report.json."""
+    corpus: str = ""
+    """Output folder of the corpus job (``--corpus DIR``; jobs/pipeline.py passes it): the documents
+    its outputs.json names are the training text."""
+    output: str = field(default_factory=lambda: paths.default_output("tokenizer"))
+    """Folder for the Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json),
+    tokenizer_report.json and outputs.json (what pretraining reads)."""
     vocab_size: int = 52000
     """Target vocabulary, special tokens and the 256 byte tokens included (52,000 in the
     published recipe). A small corpus stops short of it: merging ends when no pair of tokens
@@ -82,8 +83,8 @@ class TokenizerConfig:
     """MLflow run of the job: config, fertility metrics, the corpus as input, the tokenizer files."""
 
     def __post_init__(self) -> None:
-        if not self.corpus or not self.output:
-            raise ValueError("corpus and output must both be set")
+        if not self.output:
+            raise ValueError("output must be set")
         if self.vocab_size < MIN_VOCAB:
             raise ValueError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + "
                              f"{len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}")
@@ -102,7 +103,7 @@ def _open_corpus(corpus: str) -> tuple[Any, int]:
     """The corpus documents as a pyarrow dataset (nothing read yet) and its row count."""
     import pyarrow.dataset as pads
 
-    folder = paths.corpus_documents(corpus)
+    folder = handover.read(corpus, handover.CorpusOutputs).documents
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         raise ValueError(f"empty corpus: no Parquet files in {folder} "
@@ -219,7 +220,8 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
     """
     from galeno.tracking import flat_metrics, job_run
 
-    manifest = paths.corpus_manifest(cfg.corpus)
+    manifest = handover.read(cfg.corpus, handover.CorpusOutputs).manifest
+    handover.clear(cfg.output)
     with job_run(cfg.tracking, "tokenizer", cfg.output, to_dict(cfg), run_name=f"tokenizer-{Path(cfg.output).name}",
                  tags={"galeno.config_hash": config_hash(cfg)}) as tracker:
         if manifest.is_file():
@@ -230,6 +232,8 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
                                           "eval": {_metric_name(k): v for k, v in report["eval"].items()}}))
         tracker.set_tags({"galeno.tokenizer_hash": report["tokenizer_hash"]})
         tracker.log_artifact(cfg.output, "tokenizer")
+    handover.write(handover.record(handover.TokenizerOutputs, cfg.output, tokenizer=".",
+                                   report=paths.tokenizer_report(cfg.output), vocab_size=report["vocab_size"]))
     return report
 
 
@@ -274,7 +278,7 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
     for spec in cfg.eval_paths:
         evals[spec] = measure(tok, _progress(_eval_texts(spec), cfg, spec), cfg.batch_rows)
 
-    manifest = paths.corpus_manifest(cfg.corpus)
+    manifest = handover.read(cfg.corpus, handover.CorpusOutputs).manifest
     report = {
         "output": cfg.output,
         "vocab_size": tok.get_vocab_size(),

@@ -46,10 +46,12 @@ def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
     return out
 
 
-def tiny_overrides(corpus: Path, tokenizer: Path, output: Path, **extra) -> list[str]:
-    """A 2-layer, 32-wide RoBERTa on 64-token sequences: seconds per step on 2 CPU cores."""
+def tiny_overrides(corpus: Path | None, tokenizer: Path | None, output: Path, **extra) -> list[str]:
+    """A 2-layer, 32-wide RoBERTa on 64-token sequences: seconds per step on 2 CPU cores (``None``
+    inputs: left for jobs/pipeline.py to hand over)."""
     base = {
-        "name": "tiny-test", "output": str(output), "data.corpus": str(corpus), "data.tokenizer": str(tokenizer),
+        "name": "tiny-test", "output": str(output),
+        **({"data.corpus": str(corpus)} if corpus else {}), **({"data.tokenizer": str(tokenizer)} if tokenizer else {}),
         "data.seq_len": 64, "data.val_fraction": 0.1, "model.hidden_size": 32, "model.num_layers": 2,
         "model.num_heads": 2, "model.intermediate_size": 64, "model.max_position_embeddings": 66,
         "model.dropout": 0.0, "optim.lr": 5e-3, "optim.warmup_steps": 3, "optim.schedule": "linear",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from galeno import paths
 from galeno.corpus.decontam import DecontamConfig
 from galeno.corpus.dedup import LineDedupConfig, MinHashConfig
 from galeno.corpus.filters import FilterConfig
@@ -52,8 +53,8 @@ class SplitConfig:
 class CorpusConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     """Inputs, in keep-priority order (``--source NAME=FORMAT:PATH``, repeatable)."""
-    output: str = "artifacts/corpus"
-    """Output folder: documents/, rejected/, manifest.json, report.md."""
+    output: str = field(default_factory=lambda: paths.default_output("corpus"))
+    """Output folder: documents/, rejected/, manifest.json, report.md, outputs.json (what the tokenizer and pretraining read)."""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     """Step 1: encoding repair and Unicode normalisation."""
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from galeno import __version__, paths
+from galeno import __version__, handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.corpus.config import CorpusConfig, SourceConfig, keep_priority
 from galeno.corpus.document import Document, to_row
@@ -362,6 +362,7 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         raise ValueError("no sources: give --source NAME=FORMAT:PATH or a --config with sources")
     cfg = absolute_paths(cfg)
     out = Path(cfg.output)
+    handover.clear(out)
     with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{out.name}",
                  tags={"galeno.local_tag": local_tag(cfg)}) as tracker:
         manifest = _run(cfg)
@@ -371,6 +372,10 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         tracker.set_tags({"galeno.corpus_manifest_hash": file_hash(paths.corpus_manifest(out))})
         tracker.log_artifact(paths.corpus_manifest(out))
         tracker.log_artifact(paths.corpus_report(out))
+    handover.write(handover.record(
+        handover.CorpusOutputs, out, documents=paths.corpus_documents(out), manifest=paths.corpus_manifest(out),
+        report=paths.corpus_report(out), documents_out=int(manifest["total"].get("documents_out", 0)),
+        words_out=int(manifest["total"].get("words_out", 0))))
     return manifest
 
 

@@ -44,7 +44,7 @@ class PredictConfig:
     """The token-classification model: a Hugging Face folder or ``models:/NAME@alias`` (resolved once, on the driver)."""
     sources: list[SourceConfig] = field(default_factory=list)
     """Documents to tag (``--source NAME=FORMAT:PATH``, repeatable; the corpus readers' formats)."""
-    output: str = "artifacts/predictions"
+    output: str = field(default_factory=lambda: paths.default_output("predictions"))
     """Output folder: predictions/*.parquet and manifest.json."""
     aggregation_strategy: str = "simple"
     """How sub-token probabilities make a word's label: simple, first, average or max (docs/serve.md)."""

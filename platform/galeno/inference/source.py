@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from galeno import paths
+from galeno import handover, paths
 from galeno.tracking import TrackingConfig, client, tracking_uri
 
 
@@ -49,14 +49,15 @@ def resolve_model(uri_or_path: str | Path, cfg: TrackingConfig | None = None,
                   cache: str | Path | None = None) -> str:
     """The local Hugging Face directory of a model path or registry URI.
 
-    A local path (or any other string) is returned as it is. A registry version is downloaded once
+    A pretraining or NER output folder gives the model its record names (galeno.handover); any
+    other local path (or string) is returned as it is. A registry version is downloaded once
     into ``cache`` (default ``<artifact root>/mlflow/models/NAME/VERSION``) and its
     ``artifacts/model`` returned; an alias is resolved to its version at call time, so moving it
     takes effect at the next call.
     """
     text = str(uri_or_path)
     if not text.startswith("models:/"):
-        return text
+        return handover.model_folder(text)
     import mlflow.artifacts
     from mlflow.models import Model
 

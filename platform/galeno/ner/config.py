@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from galeno import paths
 from galeno.runtime import RayConfig
 from galeno.tracking import TrackingConfig
 from galeno.train.config import OptimConfig, TrainerConfig
@@ -103,12 +104,14 @@ class NERConfig:
 
     task: str = "pharmaconer"
     """Task name: names the run and the registered model (galeno-ner-<task>)."""
-    model: str = "artifacts/pretrain/tiny-cpu/model"
-    """Pretrained encoder: a Hugging Face directory or a registry URI (models:/galeno-mlm@champion)."""
+    model: str = ""
+    """Pretrained encoder (``--model``; jobs/pipeline.py passes it): a pretraining output folder, a Hugging
+    Face directory or a registry URI (models:/galeno-mlm@champion)."""
     init: str = "pretrained"
     """pretrained: the model's weights; random: its architecture, freshly initialised (the no-pretraining baseline)."""
-    output: str = "artifacts/ner/pharmaconer"
-    """Run folder: encoded data, one folder per seed (checkpoints, best model, dev predictions), results.json."""
+    output: str = field(default_factory=lambda: paths.default_output("ner"))
+    """Run folder: encoded data, one folder per seed (checkpoints, best model, dev predictions), results.json
+    and outputs.json (what promotion and Serve read)."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """One fine-tuning per seed; the scores are reported as mean ± std and the best dev seed is registered."""
     epochs: float = 10.0

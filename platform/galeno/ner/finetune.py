@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from galeno import handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.ner.config import NERConfig
 from galeno.ner.sweep import run_sweep
@@ -101,7 +102,7 @@ def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None
 
     trainer = dataclasses.replace(cfg.trainer, seed=job["seed"])
     run_worker(task, trainer, cfg.optim, train_epoch=train_epoch, val_batches=val_batches, reporter=reporter,
-               output=job["seed_dir"], tracker=tracker, best_dir=Path(job["seed_dir"]) / "best")
+               output=job["seed_dir"], tracker=tracker, best_dir=paths.ner_best(job["seed_dir"]))
 
 
 def ner_worker(config: dict[str, Any]) -> None:
@@ -134,7 +135,7 @@ def local_worker(cfg: NERConfig, job: dict[str, Any], tracker) -> None:
 def ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) -> None:
     from galeno.train.loop import ray_train
 
-    storage = cfg.trainer.storage_path or str((Path(job["seed_dir"]) / "ray").resolve())
+    storage = cfg.trainer.storage_path or str(paths.train_storage(job["seed_dir"]).resolve())
     ray_train(ner_worker, {"cfg": to_dict(cfg), "job": job}, cfg.trainer, name=f"ner-{cfg.task}-seed{job['seed']}",
               storage=storage, callbacks=callbacks)
 
@@ -149,7 +150,11 @@ def run(cfg: NERConfig) -> dict[str, Any]:
     t0 = time.time()
     cfg = absolute_paths(cfg)
     out = Path(cfg.output)
+    if not cfg.model:
+        raise handover.HandoverError("no model given: --model names the encoder to fine-tune (a pretraining output "
+                                     "folder, a Hugging Face folder or models:/NAME@ALIAS; jobs/pipeline.py passes it)")
     model_dir = str(Path(resolve_model(cfg.model, cfg.tracking)).resolve())
+    handover.clear(out)
     if not cfg.trainer.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     data = prepare(cfg, model_dir, out)
@@ -163,7 +168,7 @@ def run(cfg: NERConfig) -> dict[str, Any]:
     lineage = _lineage(cfg, model_dir, data)
     seeds = []
     for seed in cfg.seeds:
-        seed_dir = out / f"seed-{seed}"
+        seed_dir = paths.ner_seed(out, seed)
         job = {"model_dir": model_dir, "labels": data["labels"], "files": data["files"], "seed": seed,
                "seed_dir": str(seed_dir)}
         with job_run(cfg.tracking, "finetune_ner", seed_dir, {**to_dict(cfg), "seed": seed},
@@ -174,7 +179,7 @@ def run(cfg: NERConfig) -> dict[str, Any]:
                 local_worker(cfg, job, tracker)
             else:
                 ray_fit(cfg, job)
-            best = seed_dir / "best"
+            best = paths.ner_best(seed_dir)
             predicted = _predict(best, data["dev_docs"], cfg)
             result = score(data["dev_docs"], predicted, _format(cfg))
             result["best_step"] = int((best / "best_step.txt").read_text())
@@ -189,7 +194,10 @@ def run(cfg: NERConfig) -> dict[str, Any]:
                           "best_step": result["best_step"]})
     results = _aggregate(cfg, seeds, data, time.time() - t0)
     results.update(_register(cfg, seeds, results, lineage))
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    paths.ner_results(out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    handover.write(handover.record(handover.NEROutputs, out, model=results["best_model"],
+                                   results=paths.ner_results(out), task=cfg.task,
+                                   registered_model=results.get("registered_model")))
     return results
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from galeno import paths
 from galeno.runtime import RayConfig
 from galeno.tracking import TrackingConfig
 
@@ -160,10 +161,11 @@ class TrainerConfig:
 class MLMDataConfig:
     """What the MLM task reads: the corpus job's output, a tokenizer, and how sequences are packed."""
 
-    corpus: str = "artifacts/corpus-sample"
-    """Corpus job output folder (documents/*.parquet + manifest.json)."""
-    tokenizer: str = "artifacts/tokenizer-sample"
-    """Tokenizer folder (jobs/train_tokenizer.py output, or any RoBERTa-style tokenizer)."""
+    corpus: str = ""
+    """Output folder of the corpus job (``--corpus DIR``; jobs/pipeline.py passes it): the documents its outputs.json names."""
+    tokenizer: str = ""
+    """Output folder of jobs/train_tokenizer.py (``--tokenizer DIR``; jobs/pipeline.py passes it), or any
+    RoBERTa-style tokenizer or model folder, or a ``models:/`` URI."""
     seq_len: int = 512
     """Tokens per packed sequence, <s> and </s> included."""
     pack_mode: str = "doc_sentences"
@@ -190,8 +192,9 @@ class PretrainConfig:
 
     name: str = "galeno-mlm"
     """Run name: names the Ray Train run (re-submitting the same name resumes it)."""
-    output: str = "artifacts/pretrain"
-    """Run folder: packed data, Ray Train storage, metrics.jsonl and the exported model/."""
+    output: str = field(default_factory=lambda: paths.default_output("pretrain"))
+    """Run folder: packed data, Ray Train storage, metrics.jsonl, the exported model/, summary.json and
+    outputs.json (what NER fine-tuning, promotion and Serve read)."""
     data: MLMDataConfig = field(default_factory=MLMDataConfig)
     """Corpus, tokenizer and packing."""
     model: ModelConfig = field(default_factory=ModelConfig)

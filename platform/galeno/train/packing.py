@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from galeno import paths
+from galeno import handover, paths
 from galeno.config import config_hash, to_dict
 from galeno.hashing import file_hash, is_heldout
 from galeno.train.config import MLMDataConfig
@@ -135,7 +135,7 @@ def _add(out, row, split, source, reason):
 
 def packing_identity(cfg: MLMDataConfig) -> dict[str, Any]:
     """What the packed data depends on: tokenizer and corpus identities plus the packing settings."""
-    return {"tokenizer": tokenizer_digest(cfg.tokenizer), "corpus": file_hash(paths.corpus_manifest(cfg.corpus)),
+    return {"tokenizer": tokenizer_digest(cfg.tokenizer), "corpus": file_hash(handover.read(cfg.corpus, handover.CorpusOutputs).manifest),
             "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction}
 
 
@@ -153,7 +153,7 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
     if manifest_path.is_file():
         log.info("packed data found: %s", out)
         return json.loads(manifest_path.read_text())
-    docs_dir = paths.corpus_documents(cfg.corpus)
+    docs_dir = handover.read(cfg.corpus, handover.CorpusOutputs).documents
     if not list(docs_dir.glob("*.parquet")):
         raise FileNotFoundError(f"no corpus documents in {docs_dir}: run jobs/clean_corpus.py first")
     if not (Path(cfg.tokenizer) / "tokenizer.json").is_file():

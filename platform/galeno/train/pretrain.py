@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from galeno import paths
+from galeno import handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.train.config import PretrainConfig
 
@@ -130,6 +130,12 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
     t0 = time.time()
     cfg = absolute_paths(cfg)
+    corpus = handover.read(cfg.data.corpus, handover.CorpusOutputs)  # fail now, not after Ray starts
+    if not cfg.data.tokenizer:
+        raise handover.HandoverError("no tokenizer given: name the output folder of jobs/train_tokenizer.py, or any "
+                                     "Hugging Face tokenizer or model folder (data.tokenizer=DIR; jobs/pipeline.py "
+                                     "passes it itself)")
+    handover.clear(cfg.output)
     init_ray(cfg.ray)
     packed = paths.packed_data(cfg.output, packing_tag(packing_identity(cfg.data))).resolve()
     manifest = pack_corpus(cfg.data, packed)
@@ -161,8 +167,11 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                    "elapsed_seconds": round(time.time() - t0, 1)}
         tracker.log_artifact(metrics_path)
         summary.update(_register(cfg, model_dir, tracker, last))
-        tracker.log_dict(summary, "summary.json")
-    (Path(cfg.output) / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.log_dict(summary, "summary.json")  # the MLflow artifact name
+    paths.pretrain_summary(cfg.output).write_text(json.dumps(summary, indent=2))
+    handover.write(handover.record(handover.PretrainOutputs, cfg.output, model=model_dir,
+                                   summary=paths.pretrain_summary(cfg.output), metrics=metrics_path,
+                                   registered_model=summary.get("registered_model")))
     return summary
 
 
@@ -176,9 +185,7 @@ def _log_inputs(tracker, cfg: PretrainConfig, manifest: dict[str, Any], packed: 
     tracker.log_input_dataset("tokenizer", manifest["tokenizer_hash"], cfg.data.tokenizer, context="tokenizer")
     tracker.log_input_dataset("packed", manifest["tag"], str(packed), schema={"input_ids": "string"},
                               profile={s: {"sequences": v["sequences"], "tokens": v["tokens"]} for s, v in splits.items()})
-    corpus_manifest = paths.corpus_manifest(cfg.data.corpus)
-    if corpus_manifest.is_file():
-        tracker.log_artifact(corpus_manifest, "inputs/corpus")
+    tracker.log_artifact(handover.read(cfg.data.corpus, handover.CorpusOutputs).manifest, "inputs/corpus")
     tracker.log_artifact(cfg.data.tokenizer, "inputs/tokenizer")
     tracker.log_artifact(paths.packed_manifest(packed), "inputs/packed")
 
@@ -213,7 +220,7 @@ def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
 
     tracking = resolved(cfg.tracking)
     # a registered model's folder holds its tokenizer: models:/galeno-mlm@champion is a tokenizer too
-    tokenizer = paths.absolute(resolve_model(cfg.data.tokenizer, tracking))
+    tokenizer = paths.absolute(handover.tokenizer_folder(resolve_model(cfg.data.tokenizer, tracking)))
     data = dataclasses.replace(cfg.data, corpus=paths.absolute(cfg.data.corpus), tokenizer=tokenizer)
     trainer = dataclasses.replace(cfg.trainer, storage_path=paths.absolute(cfg.trainer.storage_path))
     return dataclasses.replace(cfg, output=paths.absolute(cfg.output), data=data, trainer=trainer, tracking=tracking)
