@@ -21,12 +21,17 @@ help:
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) $(if $(LOCK),with the versions of $(LOCK),from the ranges of pyproject.toml) (2-3 min on a fresh machine)"
+	@echo "[1/4] pip"
 	$(PY) -m pip install -q --upgrade pip
+	@echo "[2/4] torch $(TORCH_VERSION) (a CPU build here; about 20 s)"
 	$(PIP_INSTALL) "torch==$(TORCH_VERSION)"  # before the extras: see pyproject.toml
+	@echo "[3/4] galeno[$(EXTRAS)] and its dependencies (Ray, transformers, DeepSpeed, MLflow, ...; 1-2 min)"
 	$(PIP_INSTALL) -e ".[$(EXTRAS)]"
+	@echo "[4/4] bytecode, on every core (under a minute)"
 	@# pip's bytecode step on every core (pip's own runs on one: 86 of 171 s here); PYTHONDONTWRITEBYTECODE
 	@# environments never cache it later. `|| true`: torch ships one 3.12-only file that pip skips too.
 	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
+	@echo "installed: $(VENV)"
 	touch $@
 
 install: $(STAMP)
@@ -41,12 +46,9 @@ demo: install  ## the whole chain on the shipped sample, local Ray: corpus → t
 serve: install  ## the fill-mask and NER endpoints of the registered demo models at http://127.0.0.1:8000
 	$(PY) jobs/serve.py --config configs/serve/local.yaml
 
-MLFLOW_HOME := $(abspath $(or $(GALENO_HOME),artifacts))/mlflow
 MLFLOW_PORT ?= 5000
-mlflow-ui: install  ## browse the embedded store (runs, registry, lineage) at http://127.0.0.1:$(MLFLOW_PORT)
-	mkdir -p $(MLFLOW_HOME)/artifacts
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	    --backend-store-uri sqlite:///$(MLFLOW_HOME)/mlflow.db --default-artifact-root $(MLFLOW_HOME)/artifacts
+mlflow-ui: install  ## browse the embedded store (runs, registry, lineage) at http://127.0.0.1:$(MLFLOW_PORT), announced once it answers
+	$(PY) jobs/mlflow_ui.py --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 tokenizer-shared: install  ## 52k byte-level BPE on the shared corpus (after make corpus-shared)
 	$(PY) jobs/train_tokenizer.py --config configs/tokenizer/shared.yaml --corpus artifacts/corpus-shared

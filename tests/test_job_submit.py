@@ -66,6 +66,7 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
         write_corpus(corpus, sample_documents())
         train_tokenizer(load(TokenizerConfig, None, [f"corpus={corpus}", *pipeline["tokenizer"]["overrides"]]))
         pipeline.update(start_from="pretrain", stop_after="pretrain")
+    pipeline["log_dir"] = str(tmp_path / "logs")
     preset = tmp_path / "pipeline.yaml"
     preset.write_text(yaml.safe_dump(pipeline))
     done = subprocess.run(
@@ -83,6 +84,12 @@ def test_pipeline_under_ray_job_submit(ray_head, tmp_path, whole):
         assert (tokenizer / "tokenizer.json").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["val_loss"] > 0
+    # the console: one line per stage and its outcome; everything else is in the stage's log file
+    stage_log = tmp_path / "logs" / "3-pretrain.log"
+    assert f"[3/6] pretrain: running; full log {stage_log}" in logs
+    assert f"=== pretrain: " in logs and f"registered as {summary['registered_model']} ===" in logs
+    assert "INFO galeno.train" in stage_log.read_text() and "INFO galeno.train" not in logs
+    assert f"full logs of every stage in {tmp_path / 'logs'}" in logs
     assert (paths.model_export(run) / "model.safetensors").is_file()
     if whole:
         assert (paths.train_storage(run) / "tiny-test" / "checkpoint-00000004").is_dir()  # Ray Train's

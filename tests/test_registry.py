@@ -361,3 +361,37 @@ def test_run_logger_embedded_store_inputs_artifacts_and_registration(tiny_models
     assert (dataset.name, dataset.digest, json.loads(dataset.profile)) == ("corpus", "0123456789ab", {"documents": 42})
     assert {f.path for f in MlflowClient(tracking_uri=cfg.tracking_uri).list_artifacts(logger.run_id)} == {
         "config.json", "report.md"}
+
+
+@pytest.mark.slow
+def test_mlflow_ui_is_announced_only_once_it_answers(tmp_path):
+    """`make mlflow-ui` (jobs/mlflow_ui.py) prints its ready line only when a browser would get a page,
+    and a port that is taken is an error naming the log, not a silent hang."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "GALENO_HOME": str(tmp_path)}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "jobs/mlflow_ui.py", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready at" in line:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:  # at once, first try
+                    assert page.status == 200
+                break
+        assert lines and f"MLflow UI ready at http://127.0.0.1:{port}" in lines[-1], lines
+        assert len(lines) == 2 and "ui.log" in lines[0]  # MLflow's own output went to the log
+        assert (tmp_path / "mlflow" / "ui.log").is_file()
+        # a second UI on the same port fails clearly (the first one's /health must not pass for its own)
+        done = subprocess.run([sys.executable, "jobs/mlflow_ui.py", "--port", str(port), "--timeout", "60"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and f"port {port} is in use" in done.stderr, done.stderr[-2000:]
+        assert "ready at" not in done.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -53,6 +53,8 @@ class CorpusOutputs:
     """The per-corpus token table (report.md)."""
     documents_out: int
     words_out: int
+    notes: list[str] = field(default_factory=list)
+    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class TokenizerOutputs:
     report: Path
     """Fertility and unknown rate per evaluation set (tokenizer_report.json)."""
     vocab_size: int
+    notes: list[str] = field(default_factory=list)
+    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class PretrainOutputs:
     metrics: Path
     registered_model: str | None
     """``models:/NAME/VERSION`` when the model was registered (tracking on and the store reachable)."""
+    notes: list[str] = field(default_factory=list)
+    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ class NEROutputs:
     """Per-seed and aggregate dev scores (results.json)."""
     task: str
     registered_model: str | None
+    notes: list[str] = field(default_factory=list)
+    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 Record = CorpusOutputs | TokenizerOutputs | PretrainOutputs | NEROutputs
@@ -169,10 +177,12 @@ def read(output: str | Path, cls: type[R]) -> R:
     if data.get("schema") != SCHEMA:
         raise HandoverError(f"{target} has schema {data.get('schema')}, this Galeno reads {SCHEMA}: rerun {cls.JOB}")
     names = {f.name for f in dataclasses.fields(cls)} - {"output"}
-    missing = names - data.keys()
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING} - {"output"}
+    missing = required - data.keys()
     if missing:
         raise HandoverError(f"{target} lacks {sorted(missing)}: rerun {cls.JOB}")
-    rec = record(cls, output, **{k: data[k] for k in names})
+    rec = record(cls, output, **{k: data[k] for k in names if k in data})
     for name in _path_fields(cls):
         if not Path(getattr(rec, name)).exists():
             raise HandoverError(f"{output}: the {cls.STAGE} output's {name} ({getattr(rec, name)}) is gone: "

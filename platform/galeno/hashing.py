@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -24,3 +25,40 @@ def file_hash(path: str | Path, length: int = 12) -> str:
     """sha256 prefix of a file; empty string where it is absent."""
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest()[:length] if p.is_file() else ""
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(*modules: str, length: int = 12) -> str:
+    """sha256 prefix over Galeno's version and the source of ``modules`` (dotted names; a package
+    counts all its ``.py`` files): what decides whether earlier output of that code may be reused."""
+    import importlib.util
+
+    from galeno import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"no module {name!r} to take the digest of")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for path in files:
+            digest.update(str(path.relative_to(origin.parent)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:length]
+
+
+#: Files of an exported model that record where it came from, not what it computes.
+_NOT_MODEL = ("galeno.json", "best_step.txt")
+
+
+def model_digest(model_dir: str | Path, length: int = 16) -> str:
+    """sha256 prefix over a Hugging Face model folder's files (weights, config, tokenizer), names
+    included, lineage files (galeno.json) left out: equal digests mean the same model."""
+    root = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _NOT_MODEL):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:length]

@@ -96,6 +96,16 @@ def pretrain_summary(out: str | Path) -> Path:
     return Path(out) / "summary.json"
 
 
+def run_identity(out: str | Path) -> Path:
+    """What a training run's checkpoints depend on (config, data, code): resume only when it matches."""
+    return Path(out) / "run_identity.json"
+
+
+def local_checkpoints(out: str | Path) -> Path:
+    """Checkpoints of a run with the local launcher (world size 1, no Ray)."""
+    return Path(out) / "checkpoints"
+
+
 def metrics_log(out: str | Path) -> Path:
     """Per-step metrics of rank 0 as JSON lines (also reported to Ray Train and MLflow)."""
     return Path(out) / "metrics.jsonl"
@@ -124,6 +134,12 @@ def predictions(out: str | Path) -> Path:
 
 def predictions_manifest(out: str | Path) -> Path:
     return Path(out) / "manifest.json"
+
+
+# --- logs
+def pipeline_logs(stamp: str) -> Path:
+    """The full output of each stage of one ``jobs/pipeline.py`` run (``stamp``: its start time)."""
+    return artifact_root() / "logs" / f"pipeline-{stamp}"
 
 
 # --- tracking (docs/mlflow.md)

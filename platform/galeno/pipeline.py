@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -71,6 +72,12 @@ class PipelineConfig:
     """First stage to run; the earlier ones' recorded outputs must exist."""
     stop_after: Stage = "serve"
     """Last stage to run."""
+    log_dir: str = ""
+    """Where each stage's full output (its log, Ray's, the libraries') is written; default
+    <artifact root>/logs/pipeline-<start time>. The console shows one progress line per stage,
+    warnings, what a stage reused, and the served models' answers."""
+    stream: bool = False
+    """Also print every stage's full output on the console as it comes (the log files are written either way)."""
 
     def __post_init__(self) -> None:
         if STAGES.index(self.start_from) > STAGES.index(self.stop_after):
@@ -156,6 +163,10 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                 raise ConfigError(f"start_from={cfg.start_from} needs the {skipped} stage's output: {err} "
                                   f"(or run from {skipped}: start_from={skipped})") from err
     report: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
+    from galeno import paths
+
+    logs = Path(cfg.log_dir) if cfg.log_dir else paths.pipeline_logs(time.strftime("%Y%m%d-%H%M%S"))
+    logs.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     for index, stage in enumerate(STAGES[first:last + 1], start=first + 1):
         print(f"\n=== [{index}/{len(STAGES)}] {stage} ===", flush=True)
@@ -175,25 +186,111 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                       "ner": "finetune_ner.py"}[stage]
             commands = [_command(script, getattr(cfg, stage), inputs=inputs)]
         codes = []
-        for cmd in commands:
-            log.info("running %s", " ".join(cmd[1:]))
-            codes.append(subprocess.run(cmd).returncode)
+        for n, cmd in enumerate(commands):
+            log_file = logs / f"{index}-{stage}{f'-{n + 1}' if len(commands) > 1 else ''}.log"
+            codes.append(_run_stage(cmd, log_file, f"[{index}/{len(STAGES)}] {stage}",
+                                    show_stdout=stage in ("serve", "promote"), stream=cfg.stream))
         seconds = round(time.time() - t0, 1)
         refused = stage == "promote" and all(c in (0, 2) for c in codes) and 2 in codes
         ok = all(c == 0 for c in codes) or refused
         report["stages"][stage] = {"status": "ok" if not refused else "ok (alias kept: metric not better)",
                                    "seconds": seconds, **({"output": outputs[stage]["output"]} if stage in outputs else {})}
         if not ok:
-            raise RuntimeError(f"the {stage} stage failed (exit status {max(codes)}); the stages before it are "
-                               f"done: rerun with start_from={stage} once it is fixed")
+            tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+            print(f"--- the last lines of {log_file} ---", *tail, "---", sep="\n", flush=True)
+            raise RuntimeError(f"the {stage} stage failed (exit status {max(codes)}; its log: {log_file}); the "
+                               f"stages before it are done: rerun with start_from={stage} once it is fixed")
         if stage in outputs:
             try:
                 done[stage] = handover.read(outputs[stage]["output"], outputs[stage]["record"])
             except handover.HandoverError as err:
                 raise RuntimeError(f"the {stage} stage ended without its record: {err}") from err
-        print(f"=== {stage}: {seconds:.0f} s ===", flush=True)
+            report["stages"][stage]["notes"] = done[stage].notes
+        print(f"=== {stage}: {seconds:.0f} s, {_outcome(stage, done.get(stage))} ===", flush=True)
+        for note in getattr(done.get(stage), "notes", []):
+            print(f"    {note}", flush=True)
     report["seconds"] = round(time.time() - t_all, 1)
+    report["logs"] = str(logs)
     return report
+
+
+def _outcome(stage: str, rec: Any) -> str:
+    """One phrase per stage for the console, from its record."""
+    if rec is None:
+        return "done"
+    if stage == "corpus":
+        return f"{rec.documents_out:,} documents, {rec.words_out:,} words kept (table: {rec.report})"
+    if stage == "tokenizer":
+        return f"vocabulary of {rec.vocab_size:,} ({rec.tokenizer})"
+    return f"model {rec.model}" + (f", registered as {rec.registered_model}" if rec.registered_model else "")
+
+
+#: A log line of ours, as galeno.runtime.setup_logging formats it: "<date> <time> LEVEL galeno.x: message".
+_OUR_LOG = re.compile(r"^\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) (galeno[\w.]*): (.*)$")
+#: Worker output that Ray forwards to the driver: "(Actor pid=123) ...".
+_RAY_WORKER = re.compile(r"^\(\S+ pid=\d+")
+
+
+def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool, stream: bool) -> int:
+    """Run one stage's job with its whole output in ``log_file``; the console gets one progress line (our
+    latest log message, rewritten in place on a terminal, every 30 s otherwise), our warnings and errors,
+    and, where ``show_stdout``, what the job prints as its result. Returns the exit status."""
+    import queue
+    import shutil as _shutil
+    import threading
+
+    tty = sys.stdout.isatty()
+    width = max(40, _shutil.get_terminal_size((100, 20)).columns - 1)
+    log.info("running %s (log: %s)", " ".join(cmd[1:]), log_file)
+    print(f"{title}: running; full log {log_file}", flush=True)
+    lines: queue.Queue = queue.Queue()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            bufsize=1)
+
+    def pump(stream_name: str, pipe) -> None:
+        for line in pipe:
+            lines.put((stream_name, line))
+        lines.put((stream_name, None))
+
+    for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):
+        threading.Thread(target=pump, args=(name, pipe), daemon=True).start()
+    t0, shown, last_print, latest, open_streams = time.time(), "", 0.0, "", 2
+    with open(log_file, "w", encoding="utf-8") as out:
+        while open_streams:
+            try:
+                name, line = lines.get(timeout=1.0)
+            except queue.Empty:
+                name, line = "", ""
+            if line is None:
+                open_streams -= 1
+                continue
+            if line:
+                out.write(line)
+                out.flush()
+                text = line.rstrip("\n")
+                ours = _OUR_LOG.match(text)
+                if stream:
+                    print(text, flush=True)
+                elif ours and ours.group(1) != "INFO":
+                    print(("\r" + " " * width + "\r" if tty else "") + f"    {ours.group(1)}: {ours.group(3)}",
+                          flush=True)
+                elif show_stdout and name == "out" and not _RAY_WORKER.match(text):
+                    print(("\r" + " " * width + "\r" if tty else "") + text, flush=True)
+                elif ours:
+                    latest = ours.group(3)
+            if stream or not latest:
+                continue
+            now = time.time()
+            status = f"{title}: {now - t0:.0f} s  {latest}"
+            if tty and status != shown:
+                print("\r" + status[:width].ljust(width), end="", flush=True)
+                shown = status
+            elif not tty and now - last_print >= 30 and latest != shown:
+                print(f"{title}: {now - t0:.0f} s  {latest}", flush=True)
+                shown, last_print = latest, now
+    if tty and shown:
+        print("\r" + " " * width + "\r", end="", flush=True)
+    return proc.wait()
 
 
 USAGE = """Run the whole chain: corpus -> tokenizer -> pretraining -> NER -> promotion -> Serve (--once).
@@ -218,5 +315,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ConfigError, RuntimeError) as err:
         sys.exit(f"pipeline.py: error: {err}")
     print(json.dumps(report["stages"], indent=2))
-    print(f"pipeline: {report['seconds']:.0f} s")
+    print(f"pipeline: {report['seconds']:.0f} s; full logs of every stage in {report['logs']}")
     return report

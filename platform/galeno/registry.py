@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from galeno.hashing import model_digest
 from galeno.inference.fill_mask import InputError, fill_masks
 from galeno.inference.loading import load_fill_mask, load_ner, local_source
 from galeno.inference.token_classification import predict_texts
@@ -185,9 +186,15 @@ def lineage_tags(lineage: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict
 
 def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
                    metrics: Mapping[str, Any] | None = None, lineage: Mapping[str, Any] | None = None,
-                   run_id: str | None = None, cfg: TrackingConfig | None = None, step: int = 0) -> str:
+                   run_id: str | None = None, cfg: TrackingConfig | None = None, step: int = 0,
+                   reuse_identical: bool = False) -> str:
     """Log ``model_dir`` (an exported Hugging Face directory) as an MLflow model and register it as a
     new version of ``name``; returns the version.
+
+    Every version carries ``galeno.model_digest`` (:func:`~galeno.hashing.model_digest`: its weights,
+    config and tokenizer). With ``reuse_identical`` (what the training jobs pass), a model identical to
+    a version already registered under ``name`` is not registered again: that version is returned,
+    and the log says so. A rerun that reproduces the same weights adds no version and moves no alias.
 
     The weights are copied into the logged model (``artifacts/<folder name>``), not referenced. ``lineage`` is
     merged over the directory's ``galeno.json``; with ``metrics`` it becomes the version's tags
@@ -213,6 +220,13 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     metrics = dict(metrics or {})
     tags = lineage_tags({**read_lineage(model_dir), **(lineage or {})}, metrics)
     tags["galeno.kind"] = kind
+    tags["galeno.model_digest"] = model_digest(model_dir)
+    if reuse_identical:
+        same = identical_version(name, tags["galeno.model_digest"], cfg)
+        if same is not None:
+            log.info("%s is identical to version %s of %s (model digest %s): not registered again",
+                     model_dir, same, name, tags["galeno.model_digest"])
+            return same
     signature, example = _signature_and_example(kind, model_dir)
 
     exported = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -252,6 +266,18 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     mc.set_registered_model_tag(name, "galeno.kind", kind)
     log.info("registered %s version %s (%s) from %s", name, version, kind, model_dir)
     return version
+
+
+def identical_version(name: str, digest: str, cfg: TrackingConfig | None = None) -> str | None:
+    """The newest version of ``name`` whose model digest is ``digest``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(cfg).search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    same = [int(v.version) for v in found if (v.tags or {}).get("galeno.model_digest") == digest]
+    return str(max(same)) if same else None
 
 
 # --------------------------------------------------------------------------- promotion

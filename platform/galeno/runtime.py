@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +20,39 @@ log = logging.getLogger(__name__)
 #: tests took 240 s with Ray's defaults and 64 s with these.
 LOCAL_SYSTEM_CONFIG = {"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 300_000}
 
+#: Library output that says nothing to a Galeno user, quieted where it is made (docs/architecture.md):
+#: transformers' and huggingface_hub's progress bars (one per weight file loaded or written, hundreds of
+#: broken lines in a log) and advisory warnings, such as the load report of a head that fine-tuning
+#: is about to train.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+#: Loggers whose warnings are known to be harmless in our jobs, raised to ERROR. Ray Train's placement
+#: group cleaner asks the State API, which a Ray started without its dashboard (ours) does not serve,
+#: once a second for a whole run: "Failed to query Ray Train Controller actor state" (65 lines in a demo).
+QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+#: The worker_process_setup_hook that quiets every Ray worker of a job (init_ray sets it for a local
+#: Ray; configs/ray/runtime-env.yaml names it for a cluster).
+WORKER_SETUP_HOOK = "galeno.runtime.quiet_worker"
+
+
+def quiet_libraries() -> None:
+    """Quiet the known-harmless library output in this process (jobs call it through setup_logging)."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers.utils.logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def quiet_worker() -> None:
+    """Ray's worker_process_setup_hook: every worker process of the job starts quiet."""
+    quiet_libraries()
+
 
 @dataclass
 class RayConfig:
@@ -26,8 +60,9 @@ class RayConfig:
     """Ray cluster to join (``auto``, ``ray://host:10001``). Empty: join ``$RAY_ADDRESS`` if set, else start a local Ray."""
     num_cpus: Optional[int] = None
     """CPUs for a local Ray started by the job (default: all cores). Ignored when joining a cluster."""
-    progress_bars: bool = True
-    """Show Ray Data's progress bars."""
+    progress_bars: Optional[bool] = None
+    """Show Ray Data's progress bars; default: only when stderr is a terminal (in a log file each update
+    is a line of its own)."""
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
@@ -43,15 +78,17 @@ def init_ray(cfg: RayConfig) -> None:
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **kwargs)  # the job's runtime env (configs/ray/runtime-env.yaml) applies
         else:
-            ray.init(address="local", num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+            ray.init(address="local", num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG,
+                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, **kwargs)
         log.info("Ray: %s", ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress_bars
+    ctx.enable_progress_bars = sys.stderr.isatty() if cfg.progress_bars is None else cfg.progress_bars
 
 
 def setup_logging(level: str = "INFO") -> None:
     """Jobs call this once; the library never configures logging on import."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()

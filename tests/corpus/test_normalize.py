@@ -162,3 +162,22 @@ def test_meddocan_is_clean_and_survives_mojibake_round_trip(shared_data):
         assert repaired == clean, path.name
         assert counts["mojibake_fixed"] >= 1
     assert repaired_documents <= 2
+
+
+def test_normalize_mapped_maps_every_character_back_to_a_whole_grapheme():
+    import unicodedata
+
+    from galeno.corpus.normalize import normalize_mapped
+
+    text = "Fibrino\u0301geno\r\nﬁbra\u00a0x\u200by 👩\u200d⚕️ fin"
+    seen, bounds = normalize_mapped(text)
+    assert seen == unicodedata.normalize("NFC", "Fibrinógeno\nfibra xy 👩⚕️ fin")
+    assert seen == normalize_text(text)[0].replace("\u200d", "")  # the corpus's normalisation, character by character
+    assert len(bounds) == len(seen)
+    assert text[bounds[6][0]:bounds[6][1]] == "o\u0301"  # ó: the letter and its accent
+    nl = seen.index("\n")
+    assert text[bounds[nl][0]:bounds[nl][1]] == "\r\n"
+    assert text[bounds[nl + 1][0]:bounds[nl + 2][1]] == "ﬁ"  # f and i both come from the ligature
+    word = seen.index("Fibrinógeno"), seen.index("Fibrinógeno") + len("Fibrinógeno")
+    assert text[bounds[word[0]][0]:bounds[word[1] - 1][1]] == "Fibrino\u0301geno"
+    assert normalize_mapped("plain ascii") == ("plain ascii", [(i, i + 1) for i in range(11)])

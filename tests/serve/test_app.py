@@ -417,6 +417,36 @@ def test_ner_text_and_texts(served):
         assert [e["text"] for e in result["entities"]] == WORD.findall(t)
 
 
+def test_decomposed_accents_and_invisible_characters_read_as_the_corpus_wrote_them(served):
+    """NFD text (a letter, then a combining accent), a zero-width space and CRLF: the models read the text
+    normalised as the corpus was, the answers are those of the NFC text, and every offset is into the text
+    sent, on grapheme boundaries (never between a letter and its accent)."""
+    import unicodedata
+
+    client = served["client"]
+    composed = "Se pidió fibrinógeno, urea y creatinina.\nSin alteración hepática."
+    sent = unicodedata.normalize("NFD", composed).replace("urea", "ur\u200bea").replace("\n", "\r\n")
+    assert sent != composed and len(sent) > len(composed)
+    expected = client.post("/ner", json={"text": composed}).json()["entities"]
+    got = client.post("/ner", json={"text": sent}).json()["entities"]
+    _assert_entities(sent, got)
+    assert [unicodedata.normalize("NFC", e["text"]).replace("\u200b", "") for e in got] == [e["text"] for e in expected]
+    assert "fibrinógeno" in [unicodedata.normalize("NFC", e["text"]) for e in got]
+    assert [e["label"] for e in got] == [e["label"] for e in expected]
+    for e in got:  # no span starts on, or ends before, a combining mark
+        assert not unicodedata.combining(sent[e["start"]]), e
+        assert e["end"] == len(sent) or not unicodedata.combining(sent[e["end"]]), e
+    masked = "El paciente presentó una reacción <mask> grave."
+    nfd = unicodedata.normalize("NFD", masked)
+    plain = client.post("/fill-mask", json={"text": masked, "top_k": 5}).json()
+    decomposed = client.post("/fill-mask", json={"text": nfd, "top_k": 5}).json()
+    assert [c["token_id"] for c in decomposed["candidates"]] == [c["token_id"] for c in plain["candidates"]]
+    start, end = decomposed["mask"]["start"], decomposed["mask"]["end"]
+    assert nfd[start:end] == "<mask>"
+    assert all(c["sequence"] == nfd[:start] + c["sequence"][start:len(c["sequence"]) - (len(nfd) - end)] + nfd[end:]
+               for c in decomposed["candidates"])
+
+
 def test_concurrent_requests_each_get_their_own_answer(served):
     """Requests batched together come back to their own callers (distinct inputs, checked one by one)."""
     client = served["client"]
@@ -512,6 +542,37 @@ def test_healthz_models_page_and_openapi(served):
     schema = client.get("/openapi.json").json()
     assert {"/fill-mask", "/ner", "/models", "/healthz", "/readyz"} <= set(schema["paths"])
     assert "FillMaskRequest" in schema["components"]["schemas"]
+
+
+def test_readyz_answers_503_while_a_model_cannot_serve(served, tmp_path):
+    """A second application whose NER model cannot load: its ingress is up (/healthz 200) and its /readyz
+    answers 503 naming the model that is not ready, while the served application stays ready."""
+    from ray import serve
+
+    from galeno.config import load
+    from galeno.serve.app import build_app
+    from galeno.serve.config import ServeConfig
+
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # no weights, no tokenizer: every replica start fails
+    args = {**served["args"], "ner_model": str(broken), "fill_mask_model": ""}
+    cfg = load(ServeConfig, None, extra=args)
+    serve._run(build_app(cfg), name="broken", route_prefix="/broken", _blocking=False)  # serve.run waits for RUNNING
+    client = served["client"]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            r = client.get("/broken/readyz")
+            if r.status_code in (200, 503) and "status" in r.json():
+                break
+            assert time.monotonic() < deadline, f"/broken/readyz never answered: {r.status_code} {r.text[:200]}"
+            time.sleep(1)
+        assert r.status_code == 503 and r.json()["status"] == "loading" and r.json()["waiting"] == ["ner"], r.text
+        assert client.get("/broken/healthz").status_code == 200  # alive, not ready
+        assert client.get("/readyz").status_code == 200  # the other application is unaffected
+    finally:
+        serve.delete("broken")
 
 
 def _browser():

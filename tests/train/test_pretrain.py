@@ -154,6 +154,29 @@ def test_rerunning_a_finished_run_continues_it(tiny_corpus, tiny_tokenizer, tmp_
     assert [m.step for m in mc.get_metric_history(mlrun.info.run_id, "loss")] == list(range(1, 7))
 
 
+def test_a_rerun_says_what_it_reuses_and_a_changed_config_starts_afresh(tiny_corpus, tiny_tokenizer, tmp_path,
+                                                                        ray_local, caplog):
+    """Rerunning a finished run reuses its packed data and checkpoint, says so, and registers no second
+    copy of the same model; a changed optimiser does not resume: it trains afresh in a new MLflow run."""
+    out = tmp_path / "same"
+    overrides = tiny_overrides(tiny_corpus, tiny_tokenizer, out, **{
+        "trainer.launcher": "local", "trainer.deepspeed": False, "trainer.cpus_per_worker": 1,
+        "trainer.eval_every": 0, "trainer.checkpoint_every": 2, "trainer.max_steps": 4})
+    first = run(load(PretrainConfig, None, overrides))
+    caplog.set_level(logging.INFO)
+    again = run(load(PretrainConfig, None, overrides))
+    assert "reusing the packed sequences" in caplog.text and "resuming from the checkpoints" in caplog.text
+    assert "not registered again" in caplog.text
+    assert again["registered_model"] == first["registered_model"] and again["steps"] == 4
+    caplog.clear()
+    changed = run(load(PretrainConfig, None, overrides + ["optim.lr=0.002"]))
+    assert "not resuming: optim changed since they were written" in caplog.text
+    assert [(r["step"], r["resumed_from_step"]) for r in _metrics(out)] == [(s, 0) for s in range(1, 5)]
+    assert changed["registered_model"] != first["registered_model"]
+    assert changed["mlflow_run_id"] != first["mlflow_run_id"]
+    assert list(out.glob("checkpoints-stale-*")) and list(out.glob("metrics-stale-*.jsonl"))
+
+
 def test_a_tracking_server_that_never_answers_does_not_stop_training(tiny_corpus, tiny_tokenizer, tmp_path,
                                                                       ray_local, caplog):
     """Down from start to end: the job trains, exports and says the model is not registered."""

@@ -40,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["NormalizeConfig", "normalize_text"]
+__all__ = ["NormalizeConfig", "normalize_mapped", "normalize_text"]
 
 
 @dataclass
@@ -184,3 +184,44 @@ def normalize_text(text: str, cfg: Optional[NormalizeConfig] = None) -> tuple[st
         text = _BLANK_LINES.sub("\n\n", text)
     text = text.strip()
     return text, +counts  # unary plus drops the zero counts
+
+
+def _cluster(piece: str, form: str) -> str:
+    """One grapheme cluster normalised as :func:`normalize_text` normalises characters (steps 2-6)."""
+    if piece.isascii() and piece.isprintable():
+        return piece
+    if "\r" in piece:
+        piece = piece.replace("\r\n", "\n").replace("\r", "\n")
+    piece = _OTHER_BREAKS.sub("\n", piece)
+    piece = _CONTROL.sub("", piece)
+    piece = _INVISIBLE.sub("", piece)
+    piece = _SPACES.sub(" ", piece)
+    piece = _LIGATURE.sub(lambda m: _LIGATURES[m.group()], piece)
+    piece = _SURROGATES.sub("\ufffd", piece)
+    return unicodedata.normalize(form, piece)
+
+
+def normalize_mapped(text: str, form: str = "NFC") -> tuple[str, list[tuple[int, int]]]:
+    """``text`` normalised for a model as the corpus normalises it, with a map back to ``text``.
+
+    The character-level steps of :func:`normalize_text` (line breaks, control and invisible
+    characters, exotic spaces, ligatures, the normal form) are applied to each grapheme cluster
+    of ``text`` (Unicode's user-perceived characters, UAX #29: a letter with its combining
+    accents, an emoji sequence, CRLF). Mojibake repair and space collapsing are left out: they
+    rewrite across characters. Returns the normalised text and, for each of its characters, the
+    ``(start, end)`` in ``text`` of the grapheme cluster it comes from. A span ``[i, j)`` of the
+    normalised text is ``[bounds[i][0], bounds[j - 1][1])`` in ``text``: offsets stay true to the
+    caller's text, and a span never ends inside a grapheme.
+    """
+    if text.isascii() and "\r" not in text and not _CONTROL.search(text) and not _OTHER_BREAKS.search(text):
+        return text, [(i, i + 1) for i in range(len(text))]
+    import regex
+
+    form = form.upper()
+    out: list[str] = []
+    bounds: list[tuple[int, int]] = []
+    for match in regex.finditer(r"\X", text):
+        piece = _cluster(match.group(), form)
+        out.append(piece)
+        bounds += [match.span()] * len(piece)
+    return "".join(out), bounds

@@ -30,7 +30,7 @@ from galeno import __version__, handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.corpus.config import CorpusConfig, SourceConfig, keep_priority
 from galeno.corpus.document import Document, to_row
-from galeno.hashing import file_hash
+from galeno.hashing import code_digest, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]
 def local_tag(cfg: CorpusConfig) -> str:
     """Hash of everything the local phase depends on: a changed parameter never reuses output."""
     return config_hash({
-        "version": __version__,
+        "code": code_digest("galeno.corpus"),
         "sources": [[s.name, s.format, cfg.priority(s)] for s in cfg.sources],
         "steps": [to_dict(cfg.normalize), to_dict(cfg.split), to_dict(cfg.langid),
                   to_dict(cfg.filters), to_dict(cfg.decontaminate)],
@@ -197,7 +197,9 @@ def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path) -> di
                if not (cfg.resume and (out_dir / f"{s.id}.parquet").exists())]
     skipped = len(shards) - len(pending)
     if skipped:
-        log.info("resume: %d of %d shards already committed, skipping them", skipped, len(shards))
+        log.info("corpus: reusing %d of %d input shards that an earlier run committed in %s (same input files, "
+                 "config and corpus code); resume=false, or deleting that folder, redoes them",
+                 skipped, len(shards), out_dir)
     if pending:
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         specs = [{"spec": json.dumps(asdict(s))} for s in pending]
@@ -372,10 +374,13 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         tracker.set_tags({"galeno.corpus_manifest_hash": file_hash(paths.corpus_manifest(out))})
         tracker.log_artifact(paths.corpus_manifest(out))
         tracker.log_artifact(paths.corpus_report(out))
+    skipped = manifest.get("shards_skipped_on_resume", 0)
+    notes = [f"reused {skipped} of {manifest['shards']} input shards that an earlier run committed (same input "
+             f"files, config and corpus code)"] if skipped else []
     handover.write(handover.record(
         handover.CorpusOutputs, out, documents=paths.corpus_documents(out), manifest=paths.corpus_manifest(out),
         report=paths.corpus_report(out), documents_out=int(manifest["total"].get("documents_out", 0)),
-        words_out=int(manifest["total"].get("words_out", 0))))
+        words_out=int(manifest["total"].get("words_out", 0)), notes=notes))
     return manifest
 
 

@@ -4,7 +4,10 @@ The mask is written ``<mask>`` or as the tokenizer's own mask token (``[MASK]`` 
 is mapped to the latter. A text longer than the model's window is cut to a window of sub-tokens
 centred on its masks. Candidates are the ``top_k`` most probable non-special tokens at a mask;
 ``sequence`` is the *input text* with that mask replaced by the candidate (not the tokenizer's
-decoding of the whole input, which would normalise spaces or case). Serve answers one mask per
+decoding of the whole input, which would normalise spaces or case). The model reads the text around
+the masks normalised as the corpus stage normalises (``normalize_mapped``: NFC and the rest), so a
+decomposed accent reads as the word it learned; ``sequence`` and the mask's offsets stay in the
+caller's text. Serve answers one mask per
 text (:func:`fill_mask_batch`); the registered MLflow model answers every mask (:func:`fill_masks`).
 Nothing here logs or raises with the text of a request: clinical text stays out of logs.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from galeno.corpus.normalize import normalize_mapped
 from galeno.inference.forward import forward_probs
 from galeno.inference.loading import Loaded
 
@@ -57,10 +61,10 @@ def _prepare(loaded: Loaded, text: str, max_masks: Optional[int]) -> tuple[list[
     tok = loaded.tokenizer
     spans = _find_masks(text, tok.mask_token, max_masks)
     pieces, at = [], 0
-    for start, end in spans:
-        pieces += [text[at:start], tok.mask_token]
+    for start, end in spans:  # the text around the masks normalised as the corpus was (NFC, ...)
+        pieces += [normalize_mapped(text[at:start])[0], tok.mask_token]
         at = end
-    ids = tok("".join(pieces) + text[at:], add_special_tokens=False)["input_ids"]
+    ids = tok("".join(pieces) + normalize_mapped(text[at:])[0], add_special_tokens=False)["input_ids"]
     where = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
     if len(where) != len(spans):
         raise InputError("no_mask", "a mask did not survive tokenisation as one token")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence, Union
 
+from galeno.corpus.normalize import normalize_mapped
 from galeno.inference.align import encode_sentences, stitch
 from galeno.inference.bio import bio_spans
 from galeno.inference.forward import forward_probs
@@ -96,23 +97,42 @@ def entities(sentence: Sentence, tags: Sequence[str], scores: Sequence[float], t
     return out
 
 
+def _in_caller_text(found: list[dict[str, Any]], text: str, seen: str,
+                    bounds: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Entities found in the model's view ``seen`` of ``text``, with offsets and text in ``text``."""
+    if seen is text or seen == text:
+        return found
+    for e in found:
+        e["start"], e["end"] = bounds[e["start"]][0], bounds[e["end"] - 1][1]
+        e["text"] = text[e["start"]:e["end"]]
+    return found
+
+
 def predict_entities(loaded: Loaded, items: Sequence[tuple[Sequence[str], str]], *, stride: int,
                      chunk: int = 32, overhead_tokens: int = 0) -> list[list[list[dict[str, Any]]]]:
     """For each ``(texts, aggregation_strategy)``: per text, its entities ``{label, text, start, end, score}``.
 
-    Several requests (items) share the forward passes; each keeps its own strategy.
+    Several requests (items) share the forward passes; each keeps its own strategy. The model reads
+    each text normalised as the corpus stage normalises (``normalize_mapped``: NFC, invisible and
+    control characters dropped, exotic spaces and ligatures spelled plainly), so ``fibrino`` +
+    U+0301 + ``geno`` is the word it learned; offsets and ``text`` are into the caller's text, and a
+    span never starts or ends inside a grapheme cluster.
     """
     texts = [(i, text) for i, (group, _) in enumerate(items) for text in group]
+    # The model reads each text normalised as the corpus was (NFC, no invisible characters, ...);
+    # spans are mapped back to whole grapheme clusters of the caller's text.
+    views = [normalize_mapped(text) for _, text in texts]
     sentences, owner = [], []  # owner[n]: index into texts of sentence n
-    for k, (_, text) in enumerate(texts):
-        found = split_text("request", text, loaded.extra["splitter"])
+    for k, (seen, _) in enumerate(views):
+        found = split_text("request", seen, loaded.extra["splitter"])
         sentences += found
         owner += [k] * len(found)
     tags, scores = predict_tags(loaded, sentences, [items[texts[k][0]][1] for k in owner],
                                 stride=stride, chunk=chunk, overhead_tokens=overhead_tokens)
     found_per_text: list[list[dict[str, Any]]] = [[] for _ in texts]
     for n, sentence in enumerate(sentences):
-        found_per_text[owner[n]] += entities(sentence, tags[n], scores[n], texts[owner[n]][1])
+        k = owner[n]
+        found_per_text[k] += _in_caller_text(entities(sentence, tags[n], scores[n], views[k][0]), texts[k][1], *views[k])
     out: list[list[list[dict[str, Any]]]] = []
     k = 0
     for group, _ in items:

@@ -22,7 +22,9 @@ from typing import Any
 from galeno import handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.ner.config import NERConfig
+from galeno.hashing import code_digest, model_digest
 from galeno.ner.sweep import run_sweep
+from galeno.train import resume
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,13 @@ def ray_fit(cfg: NERConfig, job: dict[str, Any], callbacks: list | None = None) 
     from galeno.train.loop import ray_train
 
     storage = cfg.trainer.storage_path or str(paths.train_storage(job["seed_dir"]).resolve())
-    ray_train(ner_worker, {"cfg": to_dict(cfg), "job": job}, cfg.trainer, name=f"ner-{cfg.task}-seed{job['seed']}",
+    ray_train(ner_worker, {"cfg": to_dict(cfg), "job": job}, cfg.trainer, name=_run_name(cfg, job["seed"]),
               storage=storage, callbacks=callbacks)
+
+
+def _run_name(cfg: NERConfig, seed: int) -> str:
+    """The Ray Train run of one seed (a rerun of the same name and storage resumes it)."""
+    return f"ner-{cfg.task}-seed{seed}"
 
 
 # --------------------------------------------------------------------------- driver
@@ -166,11 +173,22 @@ def run(cfg: NERConfig) -> dict[str, Any]:
         return run_sweep(cfg, model_dir, data, fit=ray_fit, derive=derive)
     cfg = derive(cfg, data["windows"]["train"]["windows"])
     lineage = _lineage(cfg, model_dir, data)
-    seeds = []
+    base_digest = model_digest(model_dir)
+    seeds, notes = [], []
     for seed in cfg.seeds:
         seed_dir = paths.ner_seed(out, seed)
         job = {"model_dir": model_dir, "labels": data["labels"], "files": data["files"], "seed": seed,
                "seed_dir": str(seed_dir)}
+        storage = cfg.trainer.storage_path or str(paths.train_storage(seed_dir))
+        identity = {"model": base_digest, "init": cfg.init, "data": data["digests"],
+                    "encoding": {k: v for k, v in to_dict(cfg.data).items() if k not in ("train", "dev")},
+                    "labels": data["labels"], "optim": to_dict(cfg.optim), "eval_per_epoch": cfg.eval_per_epoch,
+                    "warmup_fraction": cfg.warmup_fraction, "trainer": resume.trainer_identity(cfg.trainer),
+                    "code": code_digest("galeno.train", "galeno.ner"), "seed": seed}
+        resumption = resume.prepare(seed_dir, [f"{storage}/{_run_name(cfg, seed)}", paths.local_checkpoints(seed_dir)],
+                                    identity, cfg.trainer.resume, f"NER run {cfg.task} seed {seed}",
+                                    run_files=(paths.metrics_log(seed_dir), paths.mlflow_run_file(seed_dir)))
+        notes += [resumption.note] if resumption.note else []
         with job_run(cfg.tracking, "finetune_ner", seed_dir, {**to_dict(cfg), "seed": seed},
                      run_name=f"ner-{cfg.task}-seed{seed}", tags={**lineage, "galeno.seed": seed}) as tracker:
             _log_inputs(tracker, cfg, data, model_dir)
@@ -193,11 +211,11 @@ def run(cfg: NERConfig) -> dict[str, Any]:
             seeds.append({"seed": seed, "run_id": tracker.run_id, "model": str(best), **headline,
                           "best_step": result["best_step"]})
     results = _aggregate(cfg, seeds, data, time.time() - t0)
-    results.update(_register(cfg, seeds, results, lineage))
+    results.update(_register(cfg, seeds, results, lineage, notes))
     paths.ner_results(out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
     handover.write(handover.record(handover.NEROutputs, out, model=results["best_model"],
                                    results=paths.ner_results(out), task=cfg.task,
-                                   registered_model=results.get("registered_model")))
+                                   registered_model=results.get("registered_model"), notes=notes))
     return results
 
 
@@ -251,9 +269,9 @@ def _log_inputs(tracker, cfg: NERConfig, data: dict[str, Any], model_dir: str) -
 
 
 def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, Any],
-              lineage: dict[str, Any]) -> dict[str, Any]:
+              lineage: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Register the best seed's model as galeno-ner-<task>; a failure is reported, not raised."""
-    from galeno.registry import NER_MODEL_PREFIX, register_model
+    from galeno.registry import NER_MODEL_PREFIX, identical_version, register_model
     from galeno.tracking import resolved
 
     if not (cfg.tracking.enabled and cfg.tracking.register):
@@ -263,8 +281,12 @@ def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, An
     metrics = {k: best[k] for k in ("dev_f1", "dev_precision", "dev_recall", "dev_f1_strict", "dev_span_f1") if k in best}
     metrics.update({"dev_f1_mean": results["dev_f1_mean"], "dev_f1_std": results["dev_f1_std"]})
     try:
+        same = identical_version(name, model_digest(best["model"]), resolved(cfg.tracking))
+        if same is not None:
+            notes.append(f"the model is identical to version {same} of {name}: not registered again")
         version = register_model(best["model"], name, kind="ner", metrics=metrics, lineage=lineage,
-                                 run_id=best["run_id"], cfg=resolved(cfg.tracking), step=best["best_step"])
+                                 run_id=best["run_id"], cfg=resolved(cfg.tracking), step=best["best_step"],
+                                 reuse_identical=True)
     except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
         log.warning("registering %s as %s failed (%s: %s)", best["model"], name, type(err).__name__, err)
         return {"registered_model": None}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -135,12 +136,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Galeno models at {url}/  (API docs: {url}/docs)", flush=True)
     if just_once:
         code = once(cfg, url)
-        serve.shutdown()
+        stop(cfg)
         return code
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("shutting down Serve", file=sys.stderr)
-        serve.shutdown()
+        stop(cfg)
     return 0
+
+
+def stop(cfg: ServeConfig) -> None:
+    """Take our application down, and Ray with it when this job started Ray.
+
+    Not ``serve.shutdown()``: on a cluster it would also stop the other applications of the Serve
+    instance, and it kills the Serve controller while its graceful shutdown is still queued, which
+    Ray reports as a failed task ("ServeController.graceful_shutdown failed ... killed by ray.kill").
+    """
+    import ray
+    from ray import serve
+
+    serve.delete(cfg.app_name)
+    if ray.is_initialized() and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        ray.shutdown()

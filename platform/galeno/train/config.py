@@ -133,12 +133,17 @@ class TrainerConfig:
     """Stop when the task's target (val_loss, dev_f1) has not improved for this many evaluations (0: off)."""
     kill_at_step: int = 0
     """Fault drill: rank 1 (or 0 alone) kills its own process once at this step (0: off); proves resume."""
+    resume: str = "auto"
+    """A rerun with checkpoints in its folder: auto resumes only when they were written by the same config,
+    data and training code (else moves them aside and starts afresh); always: resume anyway; never: start afresh."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}")
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"trainer.launcher must be one of {LAUNCHERS}")
+        if self.resume not in ("auto", "always", "never"):
+            raise ValueError("trainer.resume must be auto, always or never")
         if not 0 <= self.zero_stage <= 3:
             raise ValueError("trainer.zero_stage must be 0-3")
         if self.early_stopping_patience < 0:

@@ -90,7 +90,7 @@ class LocalReporter:
     """World size 1 without Ray: checkpoints in ``<output>/checkpoints``, metrics in metrics.jsonl."""
 
     def __init__(self, output: str | Path, keep: int):
-        self.root = Path(output) / "checkpoints"
+        self.root = paths.local_checkpoints(output)
         self.keep = keep
 
     def latest_checkpoint(self) -> ContextManager[Optional[str]]:

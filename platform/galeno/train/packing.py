@@ -26,7 +26,7 @@ import numpy as np
 
 from galeno import handover, paths
 from galeno.config import config_hash, to_dict
-from galeno.hashing import file_hash, is_heldout
+from galeno.hashing import code_digest, file_hash, is_heldout
 from galeno.train.config import MLMDataConfig
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def _add(out, row, split, source, reason):
 def packing_identity(cfg: MLMDataConfig) -> dict[str, Any]:
     """What the packed data depends on: tokenizer and corpus identities plus the packing settings."""
     return {"tokenizer": tokenizer_digest(cfg.tokenizer), "corpus": file_hash(handover.read(cfg.corpus, handover.CorpusOutputs).manifest),
-            "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction}
+            "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction,
+            "code": code_digest("galeno.train.packing")}
 
 
 def packing_tag(identity: dict[str, Any]) -> str:
@@ -151,7 +152,8 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
     out = Path(out_dir).resolve()
     manifest_path = paths.packed_manifest(out)
     if manifest_path.is_file():
-        log.info("packed data found: %s", out)
+        log.info("reusing the packed sequences in %s: an earlier run packed the same corpus and tokenizer "
+                 "with the same settings and packing code", out)
         return json.loads(manifest_path.read_text())
     docs_dir = handover.read(cfg.corpus, handover.CorpusOutputs).documents
     if not list(docs_dir.glob("*.parquet")):

@@ -20,6 +20,8 @@ from typing import Any
 
 from galeno import handover, paths
 from galeno.config import config_hash, from_dict, to_dict
+from galeno.hashing import code_digest, model_digest
+from galeno.train import resume
 from galeno.train.config import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -138,10 +140,20 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     handover.clear(cfg.output)
     init_ray(cfg.ray)
     packed = paths.packed_data(cfg.output, packing_tag(packing_identity(cfg.data))).resolve()
+    notes = [f"reused the packed sequences in {packed} (same corpus, tokenizer, settings and packing code)"] \
+        if paths.packed_manifest(packed).is_file() else []
     manifest = pack_corpus(cfg.data, packed)
     if manifest["splits"]["train"]["sequences"] < cfg.trainer.micro_batch * cfg.trainer.num_workers:
         raise ValueError(f"only {manifest['splits']['train']['sequences']} training sequences: fewer than one "
                          f"micro batch per worker")
+    storage = cfg.trainer.storage_path or str(paths.train_storage(cfg.output))
+    resumption = resume.prepare(cfg.output, [f"{storage}/{cfg.name}", paths.local_checkpoints(cfg.output)],
+                                {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "packed": manifest["tag"],
+                                 "mlm_probability": cfg.data.mlm_probability,
+                                 "trainer": resume.trainer_identity(cfg.trainer), "code": code_digest("galeno.train")},
+                                cfg.trainer.resume, f"pretraining run {cfg.name}",
+                                run_files=(paths.metrics_log(cfg.output), paths.mlflow_run_file(cfg.output)))
+    notes += [resumption.note] if resumption.note else []
     lineage = {"config_hash": config_hash(cfg), "packing_tag": manifest["tag"],
                "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"]}
     with job_run(cfg.tracking, "pretrain", cfg.output, to_dict(cfg), run_name=cfg.name, tags=lineage) as tracker:
@@ -166,12 +178,12 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                    "train_sequences": manifest["splits"]["train"]["sequences"],
                    "elapsed_seconds": round(time.time() - t0, 1)}
         tracker.log_artifact(metrics_path)
-        summary.update(_register(cfg, model_dir, tracker, last))
+        summary.update(_register(cfg, model_dir, tracker, last, notes))
         tracker.log_dict(summary, "summary.json")  # the MLflow artifact name
     paths.pretrain_summary(cfg.output).write_text(json.dumps(summary, indent=2))
     handover.write(handover.record(handover.PretrainOutputs, cfg.output, model=model_dir,
                                    summary=paths.pretrain_summary(cfg.output), metrics=metrics_path,
-                                   registered_model=summary.get("registered_model")))
+                                   registered_model=summary.get("registered_model"), notes=notes))
     return summary
 
 
@@ -190,9 +202,10 @@ def _log_inputs(tracker, cfg: PretrainConfig, manifest: dict[str, Any], packed: 
     tracker.log_artifact(paths.packed_manifest(packed), "inputs/packed")
 
 
-def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any]) -> dict[str, Any]:
-    """Register the exported model as a new galeno-mlm version; a failure is reported, not raised."""
-    from galeno.registry import MLM_MODEL, register_model
+def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Register the exported model as a new galeno-mlm version (or find the identical one, noted in
+    ``notes``); a failure is reported, not raised."""
+    from galeno.registry import MLM_MODEL, identical_version, register_model
 
     if not (cfg.tracking.enabled and cfg.tracking.register):
         return {}
@@ -203,8 +216,11 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
                     MLM_MODEL)
         return {"registered_model": None}
     try:
+        same = identical_version(MLM_MODEL, model_digest(model_dir), tracker.cfg)
+        if same is not None:
+            notes.append(f"the model is identical to version {same} of {MLM_MODEL}: not registered again")
         version = register_model(model_dir, MLM_MODEL, kind="fill-mask", metrics=metrics, run_id=tracker.run_id,
-                                 cfg=tracker.cfg, step=int(last.get("step") or 0))
+                                 cfg=tracker.cfg, step=int(last.get("step") or 0), reuse_identical=True)
     except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
         log.warning("registering %s as %s failed (%s: %s); the model stays in %s", model_dir, MLM_MODEL,
                     type(err).__name__, err, model_dir)
