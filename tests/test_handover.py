@@ -39,6 +39,18 @@ def test_a_record_reads_back_typed_and_absolute_and_survives_a_move(tmp_path):
     assert moved.model == (tmp_path / "moved" / "model").resolve() and moved.registered_model == "models:/galeno-mlm/3"
 
 
+def test_relative_paths_are_the_current_directory_s_as_for_every_job(tmp_path, monkeypatch):
+    """A job given output=artifacts/x writes its record with paths relative to where it runs, once."""
+    monkeypatch.chdir(tmp_path)
+    Path("artifacts/tok").mkdir(parents=True)
+    paths.tokenizer_report("artifacts/tok").write_text("{}")
+    handover.write(handover.record(handover.TokenizerOutputs, "artifacts/tok", tokenizer="artifacts/tok",
+                                   report=paths.tokenizer_report("artifacts/tok"), vocab_size=600))
+    assert json.loads(paths.stage_record("artifacts/tok").read_text())["report"] == "tokenizer_report.json"
+    rec = handover.read("artifacts/tok", handover.TokenizerOutputs)
+    assert rec.tokenizer == tmp_path / "artifacts" / "tok" and rec.report.is_file()
+
+
 def test_unfinished_foreign_and_broken_outputs_are_clear_errors(tmp_path):
     with pytest.raises(handover.HandoverError, match=r"nowhere is not a finished corpus output.*does not exist.*"
                                                      r"run jobs/clean_corpus.py"):
@@ -52,8 +64,9 @@ def test_unfinished_foreign_and_broken_outputs_are_clear_errors(tmp_path):
     with pytest.raises(handover.HandoverError, match="model .* is gone: rerun jobs/pretrain.py"):
         handover.read(tmp_path / "run", handover.PretrainOutputs)
     with pytest.raises(handover.HandoverError, match="does not exist"):  # a record never names a missing file
-        handover.write(handover.record(handover.PretrainOutputs, tmp_path / "run", model="model", summary="summary.json",
-                                       metrics="metrics.jsonl", registered_model=None))
+        handover.write(handover.record(handover.PretrainOutputs, tmp_path / "run", model=tmp_path / "run" / "model",
+                                       summary=tmp_path / "run" / "summary.json", metrics=tmp_path / "run" / "x.jsonl",
+                                       registered_model=None))
     assert isinstance(handover.HandoverError("x"), ConfigError)  # jobs print it as a one-line error
 
 
@@ -83,7 +96,7 @@ def test_the_pipeline_hands_each_stage_its_inputs_from_the_records(tmp_path):
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.json").write_text("{}")
     paths.tokenizer_report(tmp_path / "tok").write_text("{}")
-    handover.write(handover.record(handover.TokenizerOutputs, tmp_path / "tok", tokenizer=".",
+    handover.write(handover.record(handover.TokenizerOutputs, tmp_path / "tok", tokenizer=tmp_path / "tok",
                                    report=paths.tokenizer_report(tmp_path / "tok"), vocab_size=600))
     tokenizer = handover.read(tmp_path / "tok", handover.TokenizerOutputs)
     pretrain = _pretrain_output(tmp_path / "run")

@@ -117,10 +117,10 @@ def _path_fields(cls: type) -> list[str]:
 
 
 def record(cls: type[R], output: str | Path, **fields: Any) -> R:
-    """A record of ``cls`` for ``output``; path fields may be given absolute or relative to it."""
-    out = Path(output).resolve()
-    resolved = {k: (out / v).resolve() if k in _path_fields(cls) else v for k, v in fields.items()}
-    return cls(output=out, **resolved)
+    """A record of ``cls`` for ``output``; its path fields are made absolute (relative ones are taken
+    from the current directory, as every path a job is given)."""
+    resolved = {k: Path(v).resolve() if k in _path_fields(cls) else v for k, v in fields.items()}
+    return cls(output=Path(output).resolve(), **resolved)
 
 
 def write(rec: Record) -> Path:
@@ -182,7 +182,8 @@ def read(output: str | Path, cls: type[R]) -> R:
     missing = required - data.keys()
     if missing:
         raise HandoverError(f"{target} lacks {sorted(missing)}: rerun {cls.JOB}")
-    rec = record(cls, output, **{k: data[k] for k in names if k in data})
+    out = Path(output).resolve()
+    rec = record(cls, out, **{k: out / data[k] if k in _path_fields(cls) else data[k] for k in names if k in data})
     for name in _path_fields(cls):
         if not Path(getattr(rec, name)).exists():
             raise HandoverError(f"{output}: the {cls.STAGE} output's {name} ({getattr(rec, name)}) is gone: "

@@ -16,7 +16,6 @@ upstream one. ``start_from`` skips the stages before it after reading their reco
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import subprocess
@@ -189,7 +188,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         for n, cmd in enumerate(commands):
             log_file = logs / f"{index}-{stage}{f'-{n + 1}' if len(commands) > 1 else ''}.log"
             codes.append(_run_stage(cmd, log_file, f"[{index}/{len(STAGES)}] {stage}",
-                                    show_stdout=stage in ("serve", "promote"), stream=cfg.stream))
+                                    show_stdout=stage == "serve", stream=cfg.stream))
         seconds = round(time.time() - t0, 1)
         refused = stage == "promote" and all(c in (0, 2) for c in codes) and 2 in codes
         ok = all(c == 0 for c in codes) or refused
@@ -225,10 +224,12 @@ def _outcome(stage: str, rec: Any) -> str:
     return f"model {rec.model}" + (f", registered as {rec.registered_model}" if rec.registered_model else "")
 
 
-#: A log line of ours, as galeno.runtime.setup_logging formats it: "<date> <time> LEVEL galeno.x: message".
-_OUR_LOG = re.compile(r"^\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) (galeno[\w.]*): (.*)$")
-#: Worker output that Ray forwards to the driver: "(Actor pid=123) ...".
-_RAY_WORKER = re.compile(r"^\(\S+ pid=\d+")
+#: A log line of ours, as galeno.runtime.LOG_FORMAT writes it ("<date> <time> LEVEL galeno.x: message"),
+#: also when a Ray worker wrote it and Ray forwarded it ("(RayTrainWorker pid=12) <date> ...", maybe coloured).
+_OUR_LOG = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?:\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)?\s*)?"
+                      r"\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) (galeno[\w.]*): (.*)$")
+#: Worker output that Ray forwards to the driver: "(Actor pid=123) ...", maybe coloured.
+_RAY_WORKER = re.compile(r"^(?:\x1b\[[0-9;]*m)?\([^)]*pid=\d+")
 
 
 def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool, stream: bool) -> int:
@@ -241,7 +242,7 @@ def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool,
 
     tty = sys.stdout.isatty()
     width = max(40, _shutil.get_terminal_size((100, 20)).columns - 1)
-    log.info("running %s (log: %s)", " ".join(cmd[1:]), log_file)
+    log.debug("running %s (log: %s)", " ".join(cmd[1:]), log_file)
     print(f"{title}: running; full log {log_file}", flush=True)
     lines: queue.Queue = queue.Queue()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report = run(cfg)
     except (ConfigError, RuntimeError) as err:
         sys.exit(f"pipeline.py: error: {err}")
-    print(json.dumps(report["stages"], indent=2))
+    print("\nstage      seconds  status")
+    for stage, done in report["stages"].items():
+        print(f"{stage:<10} {done['seconds']:>7.0f}  {done['status']}{'  ' + done['output'] if 'output' in done else ''}")
     print(f"pipeline: {report['seconds']:.0f} s; full logs of every stage in {report['logs']}")
     return report

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -20,16 +21,23 @@ log = logging.getLogger(__name__)
 #: tests took 240 s with Ray's defaults and 64 s with these.
 LOCAL_SYSTEM_CONFIG = {"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 300_000}
 
+#: Every job's log line: jobs/pipeline.py reads our own lines back by this shape.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 #: Library output that says nothing to a Galeno user, quieted where it is made (docs/architecture.md):
 #: transformers' and huggingface_hub's progress bars (one per weight file loaded or written, hundreds of
 #: broken lines in a log) and advisory warnings, such as the load report of a head that fine-tuning
 #: is about to train.
+#: Ray Data's console shows WARNING and above (ray_data_logging.yaml): the lines it writes at every
+#: dataset execution, every epoch of a training run, stay in its session log file.
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+             "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml"))}
 #: Loggers whose warnings are known to be harmless in our jobs, raised to ERROR. Ray Train's placement
 #: group cleaner asks the State API, which a Ray started without its dashboard (ours) does not serve,
 #: once a second for a whole run: "Failed to query Ray Train Controller actor state" (65 lines in a demo).
 QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
 #: The worker_process_setup_hook that quiets every Ray worker of a job (init_ray sets it for a local
 #: Ray; configs/ray/runtime-env.yaml names it for a cluster).
 WORKER_SETUP_HOOK = "galeno.runtime.quiet_worker"
@@ -50,8 +58,19 @@ def quiet_libraries() -> None:
 
 
 def quiet_worker() -> None:
-    """Ray's worker_process_setup_hook: every worker process of the job starts quiet."""
+    """Ray's worker_process_setup_hook: every worker process of the job starts quiet, and our own
+    INFO lines (a training run's progress on rank 0) reach the driver as they do in the driver.
+    A worker has no terminal: a dataset it runs (a Ray Train split, a task's own dataset) draws no
+    progress bars, whose every update would be a line in the driver's output."""
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     quiet_libraries()
+    ours = logging.getLogger("galeno")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
 
 
 @dataclass
@@ -89,6 +108,5 @@ def init_ray(cfg: RayConfig) -> None:
 
 def setup_logging(level: str = "INFO") -> None:
     """Jobs call this once; the library never configures logging on import."""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
     quiet_libraries()

@@ -232,7 +232,7 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
                                           "eval": {_metric_name(k): v for k, v in report["eval"].items()}}))
         tracker.set_tags({"galeno.tokenizer_hash": report["tokenizer_hash"]})
         tracker.log_artifact(cfg.output, "tokenizer")
-    handover.write(handover.record(handover.TokenizerOutputs, cfg.output, tokenizer=".",
+    handover.write(handover.record(handover.TokenizerOutputs, cfg.output, tokenizer=cfg.output,
                                    report=paths.tokenizer_report(cfg.output), vocab_size=report["vocab_size"]))
     return report
 

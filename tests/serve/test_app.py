@@ -537,7 +537,7 @@ def test_healthz_models_page_and_openapi(served):
     assert models["ner"]["labels"] == ["O", "B-X", "I-X"] and models["ner"]["run_id"] is None
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "El único antecedente personal a reseñar era la &lt;mask&gt; arterial." in page.text
+    assert "A la exploración &lt;mask&gt; destaca abdomen blando y depresible." in page.text
     assert "<script>" in page.text and " src=" not in page.text and 'href="http' not in page.text  # no external assets
     schema = client.get("/openapi.json").json()
     assert {"/fill-mask", "/ner", "/models", "/healthz", "/readyz"} <= set(schema["paths"])

@@ -204,7 +204,8 @@ def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path) -> di
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         specs = [{"spec": json.dumps(asdict(s))} for s in pending]
         ds = ray.data.from_items(specs, override_num_blocks=len(specs))
-        ds.map_batches(ShardWorker, batch_size=1, concurrency=(1, max(1, min(cpus, len(pending)))),
+        ds.map_batches(ShardWorker, batch_size=1,
+                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(cpus, len(pending)))),
                        fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir)}).materialize()
     return {"shards": len(shards), "shards_skipped_on_resume": skipped}
 
@@ -312,6 +313,7 @@ def _merge_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
 def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]:
     """Hash-assign rows to output shards, write them sorted, swap the folders in atomically."""
     import pyarrow as pa
+    import ray.data
 
     n = cfg.output_shards
     tmp = paths.corpus_work(out) / "output.tmp"
@@ -324,7 +326,7 @@ def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]
     stats = (ds.map_batches(assign, batch_format="pandas")
                .repartition(n, keys=["out_shard"])
                .map_batches(OutputWriter, batch_format="pandas", batch_size=None,
-                            fn_constructor_kwargs={"tmp_dir": str(tmp)}, concurrency=1)
+                            fn_constructor_kwargs={"tmp_dir": str(tmp)}, compute=ray.data.ActorPoolStrategy(size=1))
                .take_all())
     doc_schema, rej_schema = _out_columns()
     for i in range(n):  # shards that received no rows still exist, so the layout is fixed

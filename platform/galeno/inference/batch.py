@@ -216,9 +216,11 @@ def _tag_all(cfg: PredictConfig, model_dir: str, shards: list, out: Path) -> dic
         settings = {k: getattr(cfg, k) for k in ("aggregation_strategy", "max_length", "stride",
                                                   "forward_batch_size", "num_cpus", "num_gpus")}
         ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=max(1, len(shards)))
-        ds = ds.flat_map(_read, num_cpus=0, concurrency=max(1, min(cfg.read_concurrency, len(shards))))
+        ds = ds.flat_map(_read, num_cpus=0,
+                         compute=ray.data.TaskPoolStrategy(size=max(1, min(cfg.read_concurrency, len(shards)))))
         ds = ds.map_batches(Tagger, fn_constructor_kwargs={"model_dir": model_dir, "cfg": settings},
-                            batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=(low, high),
+                            batch_size=cfg.batch_size, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
         try:
             ds.write_parquet(str(work), ray_remote_args={"num_cpus": 0}, concurrency=cfg.read_concurrency)

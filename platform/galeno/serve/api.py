@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 class FillMaskRequest(_Strict):
     text: StrictStr = Field(description="Text with exactly one <mask> (or the tokenizer's own mask token).",
-                            examples=["El único antecedente personal a reseñar era la <mask> arterial."])
+                            examples=["A la exploración <mask> destaca abdomen blando y depresible."])
     top_k: StrictInt = Field(5, description="How many candidates (1..limits.max_top_k).")
 
 

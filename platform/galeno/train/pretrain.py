@@ -94,7 +94,13 @@ def ray_fit(cfg: PretrainConfig, packed: str | Path, mlflow_run_id: str | None =
     from galeno.train.loop import ray_train
 
     storage = cfg.trainer.storage_path or str(paths.train_storage(cfg.output).resolve())
-    train = ray.data.read_parquet(str(paths.packed_split(packed, "train")), columns=["input_ids"])
+    train_dir = paths.packed_split(packed, "train")
+    train = ray.data.read_parquet(str(train_dir), columns=["input_ids"])
+    size_mb = sum(f.stat().st_size for f in Path(train_dir).glob("*.parquet")) / 2**20
+    if size_mb <= cfg.data.in_memory_mb:
+        log.info("packed training data: %.1f MB, read once into the object store (data.in_memory_mb=%g)",
+                 size_mb, cfg.data.in_memory_mb)
+        train = train.materialize()
     return ray_train(pretrain_worker, {"cfg": to_dict(cfg), "packed": str(packed), "mlflow_run_id": mlflow_run_id},
                      cfg.trainer, name=cfg.name, storage=storage, datasets={"train": train}).checkpoint
 
