@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from galeno import handover, paths
+from galeno.hashing import folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONLL = REPO / "data" / "sample" / "pharmaconer" / "train.conll"
@@ -32,7 +33,7 @@ def write_corpus(out: Path, docs: list[dict]) -> Path:
     paths.corpus_report(out).write_text("| corpus | words |\n")
     handover.write(handover.record(handover.CorpusOutputs, out, documents=folder, manifest=paths.corpus_manifest(out),
                                    report=paths.corpus_report(out), documents_out=len(rows),
-                                   words_out=sum(r["n_words"] for r in rows)))
+                                   words_out=sum(r["n_words"] for r in rows), documents_digest=folder_digest(folder)))
     return out
 
 

@@ -53,6 +53,9 @@ class CorpusOutputs:
     """The per-corpus token table (report.md)."""
     documents_out: int
     words_out: int
+    documents_digest: str
+    """Digest of the document files' contents: what the corpus is, the same after a rerun that
+    writes the same documents (the manifest's own hash is not: it holds timings)."""
     notes: list[str] = field(default_factory=list)
     """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 

@@ -62,3 +62,12 @@ def model_digest(model_dir: str | Path, length: int = 16) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:length]
+
+
+def folder_digest(folder: str | Path, pattern: str = "*.parquet", length: int = 16) -> str:
+    """sha256 prefix over the files of ``folder`` matching ``pattern`` (names and contents): the
+    identity of a stage's data, which a rerun that writes the same files keeps."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob(pattern)):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:length]

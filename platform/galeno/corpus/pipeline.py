@@ -30,7 +30,7 @@ from galeno import __version__, handover, paths
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.corpus.config import CorpusConfig, SourceConfig, keep_priority
 from galeno.corpus.document import Document, to_row
-from galeno.hashing import code_digest, file_hash
+from galeno.hashing import code_digest, file_hash, folder_digest
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,8 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     handover.write(handover.record(
         handover.CorpusOutputs, out, documents=paths.corpus_documents(out), manifest=paths.corpus_manifest(out),
         report=paths.corpus_report(out), documents_out=int(manifest["total"].get("documents_out", 0)),
-        words_out=int(manifest["total"].get("words_out", 0)), notes=notes))
+        words_out=int(manifest["total"].get("words_out", 0)), documents_digest=manifest["documents_digest"],
+        notes=notes))
     return manifest
 
 
@@ -425,6 +426,8 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
         "elapsed_seconds": round(time.time() - t0, 2),
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
         **resume_info,
+        # what the documents are, not when they were made: a rerun that writes the same files keeps it
+        "documents_digest": folder_digest(paths.corpus_documents(out)),
     }
     write_manifest_and_report(manifest, cfg, out)
     return manifest

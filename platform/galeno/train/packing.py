@@ -135,7 +135,8 @@ def _add(out, row, split, source, reason):
 
 def packing_identity(cfg: MLMDataConfig) -> dict[str, Any]:
     """What the packed data depends on: tokenizer and corpus identities plus the packing settings."""
-    return {"tokenizer": tokenizer_digest(cfg.tokenizer), "corpus": file_hash(handover.read(cfg.corpus, handover.CorpusOutputs).manifest),
+    return {"tokenizer": tokenizer_digest(cfg.tokenizer),
+            "corpus": handover.read(cfg.corpus, handover.CorpusOutputs).documents_digest,
             "seq_len": cfg.seq_len, "pack_mode": cfg.pack_mode, "val_fraction": cfg.val_fraction,
             "code": code_digest("galeno.train.packing")}
 
@@ -176,7 +177,8 @@ def pack_corpus(cfg: MLMDataConfig, out_dir: str | Path, num_blocks: int | None 
     groups = packed.map_batches(_batch_totals, batch_format="pyarrow").take_all()  # one row per block
     manifest: dict[str, Any] = {
         "config": cfg_dict, "tag": packing_tag(identity), "tokenizer_hash": identity["tokenizer"],
-        "corpus_manifest_hash": identity["corpus"],
+        "corpus_manifest_hash": file_hash(handover.read(cfg.corpus, handover.CorpusOutputs).manifest),
+        "corpus_documents_digest": identity["corpus"],
         "splits": {s: _totals([], cfg.seq_len) for s in ("train", "val")}, "sources": {}, "rejected": {}}
     for g in sorted(groups, key=lambda g: (g["split"], g["source"], g["reason"])):
         if g["split"] == "rejected":
