@@ -632,7 +632,7 @@ def test_the_page_in_headless_chromium(served, tmp_path):
         WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#fm-out tr")) == 6)
         rows = browser.find_elements(By.CSS_SELECTOR, "#fm-out tr")
         assert rows[0].text.split() == ["token", "score", "secuencia"]
-        assert all("arterial." in r.text for r in rows[1:])  # each filled sequence is the example's
+        assert all("depresible." in r.text for r in rows[1:])  # each filled sequence is the example's
         assert not browser.find_elements(By.CSS_SELECTOR, ".err")
     finally:
         browser.quit()
