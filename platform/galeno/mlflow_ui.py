@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     home = paths.mlflow_home().resolve()
     (home / "artifacts").mkdir(parents=True, exist_ok=True)
-    log_path = home / "ui.log"
+    log_path = paths.mlflow_ui_log().resolve()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     command = [exe] if exe else [sys.executable, "-m", "mlflow"]
     command += ["ui", "--host", args.host, "--port", str(args.port),

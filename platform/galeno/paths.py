@@ -126,6 +126,30 @@ def ner_best(seed_dir: str | Path) -> Path:
     return Path(seed_dir) / "best"
 
 
+def ner_data(out: str | Path, split: str) -> Path:
+    """One split's encoded windows (Parquet), written by the job before training."""
+    return Path(out) / "data" / f"{split}.parquet"
+
+
+def ner_data_manifest(out: str | Path) -> Path:
+    """Labels, windows and digests of the encoded data."""
+    return Path(out) / "data" / "manifest.json"
+
+
+def ner_dev_metrics(seed_dir: str | Path) -> Path:
+    return Path(seed_dir) / "dev_metrics.json"
+
+
+def ner_dev_predictions(seed_dir: str | Path) -> Path:
+    """Gold and predicted tag per dev word, a TSV for error analysis."""
+    return Path(seed_dir) / "dev_predictions.tsv"
+
+
+def ner_sweep(out: str | Path) -> Path:
+    """Every trial of a Ray Tune sweep and the best configuration."""
+    return Path(out) / "sweep.json"
+
+
 # --- batch prediction (jobs/predict_ner.py; galeno.inference.batch)
 def predictions(out: str | Path) -> Path:
     """One Parquet row per input document: id, source, text as read, entities, reason."""
@@ -146,6 +170,11 @@ def pipeline_logs(stamp: str) -> Path:
 def mlflow_home() -> Path:
     """The embedded MLflow store (mlflow.db), its artifacts and registry models downloaded by jobs."""
     return artifact_root() / "mlflow"
+
+
+def mlflow_ui_log() -> Path:
+    """What ``mlflow ui`` prints, kept out of the console by jobs/mlflow_ui.py."""
+    return mlflow_home() / "ui.log"
 
 
 def mlflow_run_file(out: str | Path) -> Path:

@@ -55,12 +55,12 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_dir)
     rows = {"train": encode_rows(tokenizer, train, label2id, cfg.data.max_length, cfg.data.stride),
             "dev": encode_rows(tokenizer, dev, label2id, cfg.data.max_length, cfg.data.stride)}
-    files = {split: str(write_rows(r, out / "data" / f"{split}.parquet")) for split, r in rows.items()}
+    files = {split: str(write_rows(r, paths.ner_data(out, split))) for split, r in rows.items()}
     manifest = {"labels": labels, "files": files, "train_stats": train_stats, "dev_stats": dev_stats,
                 "train_sentences": len(train), "dev_sentences": len(dev), "dev_only_types": dev_only,
                 "windows": {split: window_stats(_as_windows(r)) for split, r in rows.items()},
                 "digests": {split: file_hash(path, 16) for split, path in files.items()}}
-    (out / "data" / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    paths.ner_data_manifest(out).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     log.info("NER data: %d train / %d dev sentences, %d / %d windows, %d labels", len(train), len(dev),
              len(rows["train"]), len(rows["dev"]), len(labels))
     return {**manifest, "dev_docs": dev_docs}
@@ -201,13 +201,13 @@ def run(cfg: NERConfig) -> dict[str, Any]:
             predicted = _predict(best, data["dev_docs"], cfg)
             result = score(data["dev_docs"], predicted, _format(cfg))
             result["best_step"] = int((best / "best_step.txt").read_text())
-            dump(result, seed_dir / "dev_metrics.json")
-            write_predictions_table(data["dev_docs"], predicted, seed_dir / "dev_predictions.tsv")
+            dump(result, paths.ner_dev_metrics(seed_dir))
+            write_predictions_table(data["dev_docs"], predicted, paths.ner_dev_predictions(seed_dir))
             (best / "galeno.json").write_text(json.dumps({**lineage, "seed": seed}, indent=2))
             headline = summary(result)
             tracker.log_metrics({f"final_{k}": v for k, v in headline.items()})
-            tracker.log_artifact(seed_dir / "dev_metrics.json")
-            tracker.log_artifact(seed_dir / "dev_predictions.tsv")
+            tracker.log_artifact(paths.ner_dev_metrics(seed_dir))
+            tracker.log_artifact(paths.ner_dev_predictions(seed_dir))
             seeds.append({"seed": seed, "run_id": tracker.run_id, "model": str(best), **headline,
                           "best_step": result["best_step"]})
     results = _aggregate(cfg, seeds, data, time.time() - t0)
@@ -264,7 +264,7 @@ def _log_inputs(tracker, cfg: NERConfig, data: dict[str, Any], model_dir: str) -
         tracker.log_input_dataset(f"{cfg.task}-{split}", data["digests"][split], getattr(cfg.data, split),
                                   context="training" if split == "train" else "evaluation",
                                   profile={"sentences": data[f"{split}_sentences"], **data["windows"][split]})
-    tracker.log_artifact(Path(cfg.output) / "data" / "manifest.json", "inputs")
+    tracker.log_artifact(paths.ner_data_manifest(cfg.output), "inputs")
     tracker.set_tags({"galeno.base_model_dir": model_dir})
 
 

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from galeno import paths
 from galeno.config import from_dict, to_dict
 from galeno.ner.config import NERConfig
 
@@ -129,11 +130,11 @@ def run_sweep(cfg: NERConfig, model_dir: str, data: dict[str, Any], *, fit: Call
                      f"warmup_fraction={best['config']['warmup_fraction']}"]
         summary = {"task": cfg.task, "trials": trials, "best": best, "best_overrides": overrides,
                    "stopped_early": sum(t["progress"] < 1.0 for t in finished)}
-        (out / "sweep.json").write_text(json.dumps(summary, indent=2))
+        paths.ner_sweep(out).write_text(json.dumps(summary, indent=2))
         for i, t in enumerate(trials):
             if t["best_dev_f1"] is not None:
                 tracker.log_metrics({"trial_dev_f1": t["best_dev_f1"]}, step=i)
         tracker.log_metrics({"best_dev_f1": best["best_dev_f1"]})
-        tracker.log_artifact(out / "sweep.json")
+        tracker.log_artifact(paths.ner_sweep(out))
     log.info("sweep: best dev F1 %.4f with %s", best["best_dev_f1"], " ".join(overrides))
     return summary
