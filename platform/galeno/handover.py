@@ -39,12 +39,22 @@ class HandoverError(ConfigError, FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class CorpusOutputs:
+class _Outputs:
+    """What every record holds: the output folder, and what the run reused or decided (resumed,
+    restarted, not registered again), for the pipeline to say."""
+
+    STAGE: ClassVar[str]
+    JOB: ClassVar[str]
+    output: Path
+    notes: list[str] = field(default_factory=list, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CorpusOutputs(_Outputs):
     """The corpus job's output (docs/corpus.md)."""
 
     STAGE: ClassVar[str] = "corpus"
     JOB: ClassVar[str] = "jobs/clean_corpus.py"
-    output: Path
     documents: Path
     """Folder of Parquet files, one row per kept document (id, source, text, meta)."""
     manifest: Path
@@ -56,58 +66,47 @@ class CorpusOutputs:
     documents_digest: str
     """Digest of the document files' contents: what the corpus is, the same after a rerun that
     writes the same documents (the manifest's own hash is not: it holds timings)."""
-    notes: list[str] = field(default_factory=list)
-    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
-class TokenizerOutputs:
+class TokenizerOutputs(_Outputs):
     """The tokenizer job's output (docs/tokenizer.md)."""
 
     STAGE: ClassVar[str] = "tokenizer"
     JOB: ClassVar[str] = "jobs/train_tokenizer.py"
-    output: Path
     tokenizer: Path
     """A Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json)."""
     report: Path
     """Fertility and unknown rate per evaluation set (tokenizer_report.json)."""
     vocab_size: int
-    notes: list[str] = field(default_factory=list)
-    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
-class PretrainOutputs:
+class PretrainOutputs(_Outputs):
     """The pretraining job's output (docs/pretraining.md)."""
 
     STAGE: ClassVar[str] = "pretrain"
     JOB: ClassVar[str] = "jobs/pretrain.py"
-    output: Path
     model: Path
     """The exported Hugging Face masked-LM folder (weights, tokenizer, galeno.json lineage)."""
     summary: Path
     metrics: Path
     registered_model: str | None
     """``models:/NAME/VERSION`` when the model was registered (tracking on and the store reachable)."""
-    notes: list[str] = field(default_factory=list)
-    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 @dataclass(frozen=True)
-class NEROutputs:
+class NEROutputs(_Outputs):
     """The NER fine-tuning job's output (docs/ner.md)."""
 
     STAGE: ClassVar[str] = "ner"
     JOB: ClassVar[str] = "jobs/finetune_ner.py"
-    output: Path
     model: Path
     """The best dev seed's token-classification model folder."""
     results: Path
     """Per-seed and aggregate dev scores (results.json)."""
     task: str
     registered_model: str | None
-    notes: list[str] = field(default_factory=list)
-    """What the run reused or decided (resumed, restarted, not registered again), for the pipeline to say."""
 
 
 Record = CorpusOutputs | TokenizerOutputs | PretrainOutputs | NEROutputs
@@ -135,8 +134,7 @@ def write(rec: Record) -> Path:
             continue
         value = getattr(rec, f.name)
         if f.name in _path_fields(type(rec)):
-            missing = not Path(value).exists()
-            if missing:
+            if not Path(value).exists():
                 raise HandoverError(f"{rec.STAGE} record names {value}, which does not exist")
             value = os.path.relpath(value, out)
         data[f.name] = value
@@ -194,22 +192,23 @@ def read(output: str | Path, cls: type[R]) -> R:
     return rec
 
 
+def _stage_of(spec: str) -> str | None:
+    """The stage whose finished output ``spec`` is, or None (a plain folder, a URI, nothing)."""
+    if spec and "://" not in spec and not spec.startswith("models:/") and exists(spec):
+        return json.loads(paths.stage_record(spec).read_text(encoding="utf-8")).get("stage")
+    return None
+
+
 def model_folder(spec: str) -> str:
     """``spec`` as a model location: a pretraining or NER output folder becomes the model its record
     names; anything else (a Hugging Face folder, a ``models:/`` URI) is returned as is."""
-    if spec and "://" not in spec and not spec.startswith("models:/") and exists(spec):
-        stage = json.loads(paths.stage_record(spec).read_text(encoding="utf-8")).get("stage")
-        if stage in ("pretrain", "ner"):
-            return str(read(spec, RECORDS[stage]).model)
-    return spec
+    stage = _stage_of(spec)
+    return str(read(spec, RECORDS[stage]).model) if stage in ("pretrain", "ner") else spec
 
 
 def tokenizer_folder(spec: str) -> str:
     """``spec`` as a tokenizer folder: the folder a tokenizer, pretraining or NER output's record
     names (a model folder holds its tokenizer), or ``spec`` itself (any Hugging Face tokenizer folder)."""
-    if spec and "://" not in spec and not spec.startswith("models:/") and exists(spec):
-        stage = json.loads(paths.stage_record(spec).read_text(encoding="utf-8")).get("stage")
-        if stage == "tokenizer":
-            return str(read(spec, TokenizerOutputs).tokenizer)
-        return model_folder(spec)
-    return spec
+    if _stage_of(spec) == "tokenizer":
+        return str(read(spec, TokenizerOutputs).tokenizer)
+    return model_folder(spec)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from galeno import paths
-from galeno.tracking import TrackingConfig, tracking_uri
+from galeno.tracking import embedded_uri
 
 
 def _answers(url: str) -> bool:
@@ -46,16 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"stop what holds it, or pick another with --port (make mlflow-ui MLFLOW_PORT=5001)",
                   file=sys.stderr, flush=True)
             return 1
-    home = paths.mlflow_home().resolve()
-    (home / "artifacts").mkdir(parents=True, exist_ok=True)
+    artifacts = paths.mlflow_artifacts().resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
     log_path = paths.mlflow_ui_log().resolve()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     command = [exe] if exe else [sys.executable, "-m", "mlflow"]
     command += ["ui", "--host", args.host, "--port", str(args.port),
-                "--backend-store-uri", tracking_uri(TrackingConfig(tracking_uri="sqlite:///" + str(home / "mlflow.db"))),
-                "--default-artifact-root", (home / "artifacts").as_uri()]
+                "--backend-store-uri", embedded_uri(), "--default-artifact-root", artifacts.as_uri()]
     url = f"http://{args.host}:{args.port}"
-    print(f"starting the MLflow UI on {home / 'mlflow.db'} (its log: {log_path}) ...", flush=True)
+    print(f"starting the MLflow UI on {paths.mlflow_db().resolve()} (its log: {log_path}) ...", flush=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + args.timeout

@@ -172,6 +172,16 @@ def mlflow_home() -> Path:
     return artifact_root() / "mlflow"
 
 
+def mlflow_db() -> Path:
+    """The embedded store's SQLite file (runs, registry)."""
+    return mlflow_home() / "mlflow.db"
+
+
+def mlflow_artifacts() -> Path:
+    """Where the embedded store's experiments keep logged files and model weights."""
+    return mlflow_home() / "artifacts"
+
+
 def mlflow_ui_log() -> Path:
     """What ``mlflow ui`` prints, kept out of the console by jobs/mlflow_ui.py."""
     return mlflow_home() / "ui.log"

@@ -147,7 +147,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     where relative paths in the presets point from, as for every job); returns per-stage status,
     seconds and outputs. Raises :class:`ConfigError` when a skipped stage's output is missing, and
     ``RuntimeError`` naming the stage whose job failed."""
-    from galeno import handover
+    from galeno import handover, paths
 
     if not (JOBS / "pretrain.py").is_file():
         raise ConfigError(f"run the pipeline from the repo root: no {JOBS / 'pretrain.py'} under {Path.cwd()}")
@@ -162,8 +162,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                 raise ConfigError(f"start_from={cfg.start_from} needs the {skipped} stage's output: {err} "
                                   f"(or run from {skipped}: start_from={skipped})") from err
     report: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
-    from galeno import paths
-
     logs = Path(cfg.log_dir) if cfg.log_dir else paths.pipeline_logs(time.strftime("%Y%m%d-%H%M%S"))
     logs.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
@@ -224,12 +222,12 @@ def _outcome(stage: str, rec: Any) -> str:
     return f"model {rec.model}" + (f", registered as {rec.registered_model}" if rec.registered_model else "")
 
 
+#: The prefix Ray puts on worker output it forwards to the driver: "(RayTrainWorker pid=12) ", maybe coloured.
+_RAY_PREFIX = r"(?:\x1b\[[0-9;]*m)?\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)?\s*"
+_RAY_WORKER = re.compile("^" + _RAY_PREFIX)
 #: A log line of ours, as galeno.runtime.LOG_FORMAT writes it ("<date> <time> LEVEL galeno.x: message"),
-#: also when a Ray worker wrote it and Ray forwarded it ("(RayTrainWorker pid=12) <date> ...", maybe coloured).
-_OUR_LOG = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?:\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)?\s*)?"
-                      r"\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) (galeno[\w.]*): (.*)$")
-#: Worker output that Ray forwards to the driver: "(Actor pid=123) ...", maybe coloured.
-_RAY_WORKER = re.compile(r"^(?:\x1b\[[0-9;]*m)?\([^)]*pid=\d+")
+#: in the driver or forwarded from a worker.
+_OUR_LOG = re.compile(f"^(?:{_RAY_PREFIX})?" + r"\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) (galeno[\w.]*): (.*)$")
 
 
 def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool, stream: bool) -> int:
@@ -237,11 +235,12 @@ def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool,
     latest log message, rewritten in place on a terminal, every 30 s otherwise), our warnings and errors,
     and, where ``show_stdout``, what the job prints as its result. Returns the exit status."""
     import queue
-    import shutil as _shutil
+    import shutil
     import threading
 
     tty = sys.stdout.isatty()
-    width = max(40, _shutil.get_terminal_size((100, 20)).columns - 1)
+    width = max(40, shutil.get_terminal_size((100, 20)).columns - 1)
+    clear = "\r" + " " * width + "\r" if tty else ""  # wipes the progress line before a line that stays
     log.debug("running %s (log: %s)", " ".join(cmd[1:]), log_file)
     print(f"{title}: running; full log {log_file}", flush=True)
     lines: queue.Queue = queue.Queue()
@@ -273,10 +272,9 @@ def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool,
                 if stream:
                     print(text, flush=True)
                 elif ours and ours.group(1) != "INFO":
-                    print(("\r" + " " * width + "\r" if tty else "") + f"    {ours.group(1)}: {ours.group(3)}",
-                          flush=True)
+                    print(f"{clear}    {ours.group(1)}: {ours.group(3)}", flush=True)
                 elif show_stdout and name == "out" and not _RAY_WORKER.match(text):
-                    print(("\r" + " " * width + "\r" if tty else "") + text, flush=True)
+                    print(clear + text, flush=True)
                 elif ours:
                     latest = ours.group(3)
             if stream or not latest:
@@ -290,7 +288,7 @@ def _run_stage(cmd: list[str], log_file: Path, title: str, *, show_stdout: bool,
                 print(f"{title}: {now - t0:.0f} s  {latest}", flush=True)
                 shown, last_print = latest, now
     if tty and shown:
-        print("\r" + " " * width + "\r", end="", flush=True)
+        print(clear, end="", flush=True)
     return proc.wait()
 
 

@@ -187,14 +187,13 @@ def lineage_tags(lineage: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict
 def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
                    metrics: Mapping[str, Any] | None = None, lineage: Mapping[str, Any] | None = None,
                    run_id: str | None = None, cfg: TrackingConfig | None = None, step: int = 0,
-                   reuse_identical: bool = False) -> str:
+                   digest: str | None = None) -> str:
     """Log ``model_dir`` (an exported Hugging Face directory) as an MLflow model and register it as a
     new version of ``name``; returns the version.
 
     Every version carries ``galeno.model_digest`` (:func:`~galeno.hashing.model_digest`: its weights,
-    config and tokenizer). With ``reuse_identical`` (what the training jobs pass), a model identical to
-    a version already registered under ``name`` is not registered again: that version is returned,
-    and the log says so. A rerun that reproduces the same weights adds no version and moves no alias.
+    config and tokenizer; ``digest`` when the caller has already computed it).
+    :func:`register_unless_identical` is what the training jobs call.
 
     The weights are copied into the logged model (``artifacts/<folder name>``), not referenced. ``lineage`` is
     merged over the directory's ``galeno.json``; with ``metrics`` it becomes the version's tags
@@ -220,13 +219,7 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     metrics = dict(metrics or {})
     tags = lineage_tags({**read_lineage(model_dir), **(lineage or {})}, metrics)
     tags["galeno.kind"] = kind
-    tags["galeno.model_digest"] = model_digest(model_dir)
-    if reuse_identical:
-        same = identical_version(name, tags["galeno.model_digest"], cfg)
-        if same is not None:
-            log.info("%s is identical to version %s of %s (model digest %s): not registered again",
-                     model_dir, same, name, tags["galeno.model_digest"])
-            return same
+    tags["galeno.model_digest"] = digest or model_digest(model_dir)
     signature, example = _signature_and_example(kind, model_dir)
 
     exported = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -266,6 +259,19 @@ def register_model(model_dir: str | Path, name: str, *, kind: str = "fill-mask",
     mc.set_registered_model_tag(name, "galeno.kind", kind)
     log.info("registered %s version %s (%s) from %s", name, version, kind, model_dir)
     return version
+
+
+def register_unless_identical(model_dir: str | Path, name: str, **kwargs: Any) -> tuple[str, bool]:
+    """:func:`register_model`, unless a version of ``name`` already is this model (the same
+    weights, config and tokenizer): then that version, and ``True`` for "reused". A rerun that
+    reproduces the same weights adds no version and moves no alias."""
+    digest = model_digest(model_dir)
+    same = identical_version(name, digest, kwargs.get("cfg"))
+    if same is not None:
+        log.info("%s is identical to version %s of %s (model digest %s): not registered again",
+                 model_dir, same, name, digest)
+        return same, True
+    return register_model(model_dir, name, digest=digest, **kwargs), False
 
 
 def identical_version(name: str, digest: str, cfg: TrackingConfig | None = None) -> str | None:

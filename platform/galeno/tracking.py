@@ -92,10 +92,12 @@ class TrackingConfig:
 def tracking_uri(cfg: TrackingConfig | None = None) -> str:
     """The store ``cfg`` points at: its own URI, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite file."""
     cfg = cfg or TrackingConfig()
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        uri = "sqlite:///" + str((paths.mlflow_home() / "mlflow.db").resolve())
-    return uri
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or embedded_uri()
+
+
+def embedded_uri() -> str:
+    """The embedded SQLite store under the artifact root."""
+    return "sqlite:///" + str(paths.mlflow_db().resolve())
 
 
 def _is_local_store(uri: str) -> bool:
@@ -109,7 +111,7 @@ def artifact_location(cfg: TrackingConfig | None = None) -> Optional[str]:
         loc = cfg.artifact_location
         return loc if "://" in loc else Path(loc).resolve().as_uri()
     if _is_local_store(tracking_uri(cfg)):
-        return (paths.mlflow_home() / "artifacts").resolve().as_uri()
+        return paths.mlflow_artifacts().resolve().as_uri()
     return None
 
 

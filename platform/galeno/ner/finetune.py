@@ -271,7 +271,7 @@ def _log_inputs(tracker, cfg: NERConfig, data: dict[str, Any], model_dir: str) -
 def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, Any],
               lineage: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Register the best seed's model as galeno-ner-<task>; a failure is reported, not raised."""
-    from galeno.registry import NER_MODEL_PREFIX, identical_version, register_model
+    from galeno.registry import NER_MODEL_PREFIX, register_unless_identical
     from galeno.tracking import resolved
 
     if not (cfg.tracking.enabled and cfg.tracking.register):
@@ -281,12 +281,11 @@ def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, An
     metrics = {k: best[k] for k in ("dev_f1", "dev_precision", "dev_recall", "dev_f1_strict", "dev_span_f1") if k in best}
     metrics.update({"dev_f1_mean": results["dev_f1_mean"], "dev_f1_std": results["dev_f1_std"]})
     try:
-        same = identical_version(name, model_digest(best["model"]), resolved(cfg.tracking))
-        if same is not None:
-            notes.append(f"the model is identical to version {same} of {name}: not registered again")
-        version = register_model(best["model"], name, kind="ner", metrics=metrics, lineage=lineage,
-                                 run_id=best["run_id"], cfg=resolved(cfg.tracking), step=best["best_step"],
-                                 reuse_identical=True)
+        version, reused = register_unless_identical(
+            best["model"], name, kind="ner", metrics=metrics, lineage=lineage, run_id=best["run_id"],
+            cfg=resolved(cfg.tracking), step=best["best_step"])
+        if reused:
+            notes.append(f"the model is identical to version {version} of {name}: not registered again")
     except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
         log.warning("registering %s as %s failed (%s: %s)", best["model"], name, type(err).__name__, err)
         return {"registered_model": None}

@@ -20,7 +20,7 @@ from typing import Any
 
 from galeno import handover, paths
 from galeno.config import config_hash, from_dict, to_dict
-from galeno.hashing import code_digest, model_digest
+from galeno.hashing import code_digest
 from galeno.train import resume
 from galeno.train.config import PretrainConfig
 
@@ -138,7 +138,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
     t0 = time.time()
     cfg = absolute_paths(cfg)
-    corpus = handover.read(cfg.data.corpus, handover.CorpusOutputs)  # fail now, not after Ray starts
+    handover.read(cfg.data.corpus, handover.CorpusOutputs)  # a missing corpus fails now, not after Ray starts
     if not cfg.data.tokenizer:
         raise handover.HandoverError("no tokenizer given: name the output folder of jobs/train_tokenizer.py, or any "
                                      "Hugging Face tokenizer or model folder (data.tokenizer=DIR; jobs/pipeline.py "
@@ -211,7 +211,7 @@ def _log_inputs(tracker, cfg: PretrainConfig, manifest: dict[str, Any], packed: 
 def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Register the exported model as a new galeno-mlm version (or find the identical one, noted in
     ``notes``); a failure is reported, not raised."""
-    from galeno.registry import MLM_MODEL, identical_version, register_model
+    from galeno.registry import MLM_MODEL, register_unless_identical
 
     if not (cfg.tracking.enabled and cfg.tracking.register):
         return {}
@@ -222,11 +222,11 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
                     MLM_MODEL)
         return {"registered_model": None}
     try:
-        same = identical_version(MLM_MODEL, model_digest(model_dir), tracker.cfg)
-        if same is not None:
-            notes.append(f"the model is identical to version {same} of {MLM_MODEL}: not registered again")
-        version = register_model(model_dir, MLM_MODEL, kind="fill-mask", metrics=metrics, run_id=tracker.run_id,
-                                 cfg=tracker.cfg, step=int(last.get("step") or 0), reuse_identical=True)
+        version, reused = register_unless_identical(
+            model_dir, MLM_MODEL, kind="fill-mask", metrics=metrics, run_id=tracker.run_id, cfg=tracker.cfg,
+            step=int(last.get("step") or 0))
+        if reused:
+            notes.append(f"the model is identical to version {version} of {MLM_MODEL}: not registered again")
     except Exception as err:  # noqa: BLE001 - the model is on disk; registration can be redone
         log.warning("registering %s as %s failed (%s: %s); the model stays in %s", model_dir, MLM_MODEL,
                     type(err).__name__, err, model_dir)

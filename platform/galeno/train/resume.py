@@ -97,8 +97,8 @@ def prepare(output: str | Path, checkpoints: list[str | Path], identity: dict[st
         else:
             decision = "restart"
             stamp = previous.get("digest") if previous else time.strftime("%Y%m%d-%H%M%S")
-            for folder in found:
-                aside = folder.with_name(f"{folder.name}-stale-{stamp}")
+            moved = [folder.with_name(f"{folder.name}-stale-{stamp}") for folder in found]
+            for folder, aside in zip(found, moved):
                 shutil.rmtree(aside, ignore_errors=True)
                 folder.rename(aside)
             for file in map(Path, run_files):
@@ -110,8 +110,7 @@ def prepare(output: str | Path, checkpoints: list[str | Path], identity: dict[st
                 why = "no identity was recorded with them (an older Galeno, or another job)"
             else:
                 why = f"{', '.join(_changed(previous, identity))} changed since they were written"
-            note = (f"{what}: not resuming: {why}; the old checkpoints moved to "
-                    f"{', '.join(str(f.with_name(f'{f.name}-stale-{stamp}')) for f in found)}, starting afresh")
+            note = f"{what}: not resuming: {why}; the old checkpoints moved to {', '.join(map(str, moved))}, starting afresh"
             log.warning("%s", note)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"digest": digest, "identity": identity}, indent=2, default=str) + "\n")
