@@ -9,7 +9,7 @@ from typing import Optional
 import pytest
 
 from galeno.config import (ConfigError, Flag, config_hash, field_docs, from_dict, help_text,
-                           load, parse_cli, set_field, to_dict)
+                           load, load_yaml, parse_cli, set_field, to_dict)
 
 
 @dataclass
@@ -89,3 +89,27 @@ def test_cli_flags_and_trailing_overrides(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_cli(Outer, ["epochs=x"])
     assert "epochs" in capsys.readouterr().err
+
+
+def test_a_preset_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nnested:\n  a: 1\n  b: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../base.yaml\nnested:\n  b: 3\n")
+    assert load_yaml(tmp_path / "sub" / "child.yaml") == {"name": "base", "nested": {"a": 1, "b": 3}}
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_yaml(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="names no file"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_the_deid_recipe_layers_on_meddocan():
+    from pathlib import Path
+
+    from galeno.ner.config import NERConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load(NERConfig, repo / "configs" / "ner" / "meddocan-deid.yaml")
+    assert cfg.data.format == "brat" and cfg.data.train.endswith("meddocan/train/brat")  # from meddocan.yaml
+    assert cfg.task == "meddocan-deid" and cfg.select == "dev_f2" and cfg.o_weight < 1 and cfg.data.empty_fraction < 1

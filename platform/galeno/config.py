@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import sys
 import textwrap
 import types
 import typing
@@ -54,8 +53,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    module = sys.modules.get(cls.__module__)
-    return typing.get_type_hints(cls, vars(module) if module else None)
+    # no globalns: each class of the MRO resolves its own annotations in its own module (inherited fields)
+    return typing.get_type_hints(cls)
 
 
 # --------------------------------------------------------------------------- coercion
@@ -214,14 +213,28 @@ def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[last] = value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML preset as a mapping. ``extends: OTHER.yaml`` (relative to this file) layers it over OTHER."""
     import yaml
 
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' loops back on itself ({' -> '.join(str(p) for p in _seen)})")
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping at top level")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' names one preset file")
+    parent = path.parent / base
+    if not parent.is_file():
+        raise ConfigError(f"{path}: 'extends: {base}' names no file ({parent} does not exist)")
+    layered = load_yaml(parent, (*_seen, path.resolve()))
+    merge(layered, data)
+    return layered
 
 
 def load(cls: type[T], config: str | Path | None = None,

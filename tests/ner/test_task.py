@@ -160,3 +160,41 @@ def test_eval_sums_add_up_to_the_entity_scores(rows, roberta_dir, tmp_path):
     assert [g for g in gold_all] == [s.tags for s in sentences]
     assert summary["dev_loss"] == pytest.approx(0.5)
     assert all(label == IGNORE or 0 <= label < len(labels) for r in encoded for label in r["labels"])
+
+
+def test_o_weight_weighs_the_o_label_apart_and_f2_can_pick_the_best(rows, roberta_tokenizer):
+    """With o_weight the loss is torch's class-weighted cross-entropy (O weighs less, the mean stays a
+    weighted mean); without it the model's own loss is used. F2 weighs recall twice."""
+    from galeno.ner.task import f_beta
+
+    _, labels, encoded = rows
+    task = NERTask.__new__(NERTask)  # the constructor loads a model folder's tokenizer; set what is used
+    task.tokenizer, task.labels, task._loss_scale = roberta_tokenizer, labels, 1.0
+    task._weights = torch.tensor([0.3 if t == "O" else 1.0 for t in labels])
+    mixed = [r for r in encoded if any(t not in (IGNORE, labels.index("O")) for t in r["labels"])][:4]
+    raw = {k: [r[k] for r in mixed] for k in ("input_ids", "labels")}
+    batch = task.collate(raw)
+    logits = torch.randn(*batch["input_ids"].shape, len(labels), generator=torch.Generator().manual_seed(0))
+    loss = float(task.step_loss(types.SimpleNamespace(logits=logits, loss=torch.tensor(9.0)))[0])
+    flat, gold = logits.reshape(-1, len(labels)), batch["labels"].reshape(-1)
+    keep = gold != IGNORE
+    per_token = torch.nn.functional.cross_entropy(flat[keep], gold[keep], reduction="none")
+    weights = task._weights[gold[keep]]
+    assert loss == pytest.approx(float((per_token * weights).sum() / weights.sum()), rel=1e-5)
+    assert loss != pytest.approx(float(per_token.mean()), rel=1e-3)  # O really weighs less
+    task._weights = None
+    task.collate(raw)
+    assert float(task.step_loss(types.SimpleNamespace(logits=logits, loss=torch.tensor(9.0)))[0]) == 9.0
+    assert f_beta(0.5, 1.0, 2.0) == pytest.approx(5 * 0.5 / (4 * 0.5 + 1))
+    assert f_beta(0.8, 0.9, 1.0) == pytest.approx(2 * 0.72 / 1.7) and f_beta(0.0, 0.0, 2.0) == 0.0
+
+
+def test_ner_config_refuses_bad_recall_knobs():
+    from galeno.ner.config import NERConfig, NERDataConfig
+
+    with pytest.raises(ValueError, match="select"):
+        NERConfig(select="dev_accuracy")
+    with pytest.raises(ValueError, match="o_weight"):
+        NERConfig(o_weight=0.0)
+    with pytest.raises(ValueError, match="empty_fraction"):
+        NERDataConfig(empty_fraction=0.0)

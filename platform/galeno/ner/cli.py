@@ -135,18 +135,7 @@ PREDICT_FLAGS = (
 
 
 def predict_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from galeno.inference.batch import PredictConfig, run
-    from galeno.runtime import setup_logging
+    from galeno.inference.batch import PredictConfig, pool_main, run
 
-    setup_logging()
-    try:
-        cfg = parse_cli(PredictConfig, argv, prog="predict_ner.py", description=PREDICT_USAGE, flags=PREDICT_FLAGS)
-    except ValueError as err:
-        sys.exit(f"predict_ner.py: error: {err}")
-    try:
-        manifest = run(cfg)
-    except (ValueError, FileNotFoundError) as err:  # a pool the cluster cannot place, a missing model or input
-        sys.exit(f"predict_ner.py: error: {err}")
-    print(json.dumps({k: manifest[k] for k in ("output", "documents", "by_reason", "entities", "elapsed_seconds",
-                                               "documents_per_second")}, indent=2, ensure_ascii=False))
-    return manifest
+    return pool_main("predict_ner.py", PredictConfig, PREDICT_USAGE, PREDICT_FLAGS, run,
+                     ("output", "documents", "by_reason", "entities", "elapsed_seconds", "documents_per_second"), argv)

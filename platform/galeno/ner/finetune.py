@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -44,6 +45,13 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     train = [s for d in train_docs for s in d.sentences]
     if cfg.data.train_sentences:
         train = train[:cfg.data.train_sentences]
+    empty_dropped = 0
+    if cfg.data.empty_fraction < 1:
+        keep = random.Random(0)  # the same thinning for every seed and rerun
+        thinned = [s for s in train if any(t != "O" for t in s.tags) or keep.random() < cfg.data.empty_fraction]
+        empty_dropped, train = len(train) - len(thinned), thinned
+        log.info("data.empty_fraction=%s: %d training sentences without entities left out", cfg.data.empty_fraction,
+                 empty_dropped)
     dev = [s for d in dev_docs for s in d.sentences]
     if not train or not dev:
         raise ValueError(f"no sentences in {cfg.data.train if not train else cfg.data.dev}")
@@ -58,6 +66,7 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     files = {split: str(write_rows(r, paths.ner_data(out, split))) for split, r in rows.items()}
     manifest = {"labels": labels, "files": files, "train_stats": train_stats, "dev_stats": dev_stats,
                 "train_sentences": len(train), "dev_sentences": len(dev), "dev_only_types": dev_only,
+                "train_empty_dropped": empty_dropped,
                 "windows": {split: window_stats(_as_windows(r)) for split, r in rows.items()},
                 "digests": {split: file_hash(path, 16) for split, path in files.items()}}
     paths.ner_data_manifest(out).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -88,7 +97,8 @@ def _worker_body(cfg: NERConfig, job: dict[str, Any], reporter, tracker) -> None
     from galeno.train.engine import world
     from galeno.train.loop import run_worker
 
-    task = NERTask(job["model_dir"], job["labels"], init=cfg.init, seed=job["seed"])
+    task = NERTask(job["model_dir"], job["labels"], init=cfg.init, seed=job["seed"], o_weight=cfg.o_weight,
+                   select=cfg.select)
     micro = cfg.trainer.micro_batch
 
     def train_epoch(epoch: int):
@@ -183,7 +193,8 @@ def run(cfg: NERConfig) -> dict[str, Any]:
         identity = {"model": base_digest, "init": cfg.init, "data": data["digests"],
                     "encoding": {k: v for k, v in to_dict(cfg.data).items() if k not in ("train", "dev")},
                     "labels": data["labels"], "optim": to_dict(cfg.optim), "eval_per_epoch": cfg.eval_per_epoch,
-                    "warmup_fraction": cfg.warmup_fraction, "trainer": resume.trainer_identity(cfg.trainer),
+                    "warmup_fraction": cfg.warmup_fraction, "o_weight": cfg.o_weight, "select": cfg.select,
+                    "trainer": resume.trainer_identity(cfg.trainer),
                     "code": code_digest("galeno.train", "galeno.ner"), "seed": seed}
         resumption = resume.prepare(seed_dir, [f"{storage}/{_run_name(cfg, seed)}", paths.local_checkpoints(seed_dir)],
                                     identity, cfg.trainer.resume, f"NER run {cfg.task} seed {seed}",

@@ -183,14 +183,19 @@ class NERTask:
     """Token classification with a linear head on a pretrained encoder, for the shared loop."""
 
     name = "ner"
-    target = ("dev_f1", True)
+    _weights: torch.Tensor | None = None  # per-label loss weights (o_weight), or None: the model's own loss
+    _labels: torch.Tensor | None = None  # the last collated batch's labels, kept when the loss weighs O apart
 
-    def __init__(self, model_dir: str, labels: Sequence[str], *, init: str = "pretrained", seed: int = 0):
+    def __init__(self, model_dir: str, labels: Sequence[str], *, init: str = "pretrained", seed: int = 0,
+                 o_weight: float = 1.0, select: str = "dev_f1"):
         self.model_dir = model_dir
         self.labels = list(labels)
         self.init = init
         self.seed = seed
+        self.target = (select, True)
         self._loss_scale = 1.0  # set by collate from the batch (train_batches' weight_by_tokens)
+        if o_weight != 1.0:
+            self._weights = torch.tensor([o_weight if t == "O" else 1.0 for t in self.labels])
         self.tokenizer = load_tokenizer(model_dir)
         self.types = sorted({t[2:] for t in self.labels if t != "O"})
         self.eval_keys = ("loss_sum", "n_labels") + tuple(
@@ -218,14 +223,24 @@ class NERTask:
         ids = _pad(raw["input_ids"], self.tokenizer.pad_token_id)
         lengths = torch.tensor([len(r) for r in raw["input_ids"]])
         attention = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        return {"input_ids": ids, "attention_mask": attention, "labels": _pad(raw["labels"], IGNORE)}
+        labels = _pad(raw["labels"], IGNORE)
+        self._labels = labels if self._weights is not None else None
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
     @staticmethod
     def tokens(batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
 
     def step_loss(self, outputs) -> tuple[torch.Tensor, dict[str, float]]:
-        return outputs.loss * self._loss_scale, {}
+        if self._weights is None or self._labels is None:
+            return outputs.loss * self._loss_scale, {}
+        # O weighed apart: a weighted mean over the labelled sub-tokens (torch's weighted
+        # cross-entropy divides by the summed weights, so the loss keeps its scale)
+        logits = outputs.logits.float()
+        weights = self._weights.to(logits.device)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), self._labels.to(logits.device).reshape(-1),
+                                           weight=weights, ignore_index=IGNORE)
+        return loss * self._loss_scale, {}
 
     # -- evaluation
     def eval_sums(self, outputs, raw: dict[str, list]) -> dict[str, float]:
@@ -249,7 +264,7 @@ class NERTask:
                 s = prf(sums[f"{mode}.{kind}.correct"], sums[f"{mode}.{kind}.predicted"], sums[f"{mode}.{kind}.gold"])
                 if kind == "ALL":
                     out.update({f"dev_precision{suffix}": s["precision"], f"dev_recall{suffix}": s["recall"],
-                                f"dev_f1{suffix}": s["f1"]})
+                                f"dev_f1{suffix}": s["f1"], f"dev_f2{suffix}": f_beta(s["precision"], s["recall"], 2.0)})
                 elif mode == "default":
                     out[f"dev_f1.{kind}"] = s["f1"]
         return out
@@ -266,6 +281,12 @@ class NERTask:
         self.tokenizer.save_pretrained(out_dir)
 
     save_best = export
+
+
+def f_beta(precision: float, recall: float, beta: float) -> float:
+    """F-beta: recall weighs beta times as much as precision (F1 at beta 1)."""
+    b2 = beta * beta
+    return (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
 
 
 def steps_per_epoch(windows: int, global_batch: int) -> int:
