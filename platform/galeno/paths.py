@@ -160,6 +160,21 @@ def predictions_manifest(out: str | Path) -> Path:
     return Path(out) / "manifest.json"
 
 
+# --- batch de-identification (jobs/deidentify.py; galeno.deid.job)
+def deidentified(out: str | Path) -> Path:
+    """One Parquet row per input document: id, source, masked text, replaced spans (no identifier), reason."""
+    return Path(out) / "deidentified"
+
+
+def deidentified_text(out: str | Path) -> Path:
+    """The masked documents as text/<source>/<id>.txt."""
+    return Path(out) / "text"
+
+
+def deidentified_manifest(out: str | Path) -> Path:
+    return Path(out) / "manifest.json"
+
+
 # --- logs
 def pipeline_logs(stamp: str) -> Path:
     """The full output of each stage of one ``jobs/pipeline.py`` run (``stamp``: its start time)."""

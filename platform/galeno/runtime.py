@@ -79,6 +79,9 @@ class RayConfig:
     """Ray cluster to join (``auto``, ``ray://host:10001``). Empty: join ``$RAY_ADDRESS`` if set, else start a local Ray."""
     num_cpus: Optional[int] = None
     """CPUs for a local Ray started by the job (default: all cores). Ignored when joining a cluster."""
+    temp_dir: Optional[str] = None
+    """Where a local Ray started by the job keeps its session (logs, sockets); default /tmp/ray. Keep the
+    path short: Ray's socket paths under it must fit in 107 characters."""
     progress_bars: Optional[bool] = None
     """Show Ray Data's progress bars; default: only when stderr is a terminal (in a log file each update
     is a line of its own)."""
@@ -99,6 +102,8 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, **kwargs)  # the job's runtime env (configs/ray/runtime-env.yaml) applies
         else:
+            if cfg.temp_dir:
+                kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
             ray.init(address="local", num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG,
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, **kwargs)
         log.info("Ray: %s", ray.cluster_resources())

@@ -27,7 +27,15 @@ def _found(text: str) -> list[tuple[str, str]]:
     ("DNI 12345678Z, NIE X-1234567-L", [("ID_SUJETO_ASISTENCIA", "12345678Z"), ("ID_SUJETO_ASISTENCIA", "X-1234567-L")]),
     ("NHC: 2349857.\nNASS: 22 97684351 85\nEpisodio: 1330431",
      [("ID_SUJETO_ASISTENCIA", "2349857"), ("ID_ASEGURAMIENTO", "22 97684351 85"), ("ID_CONTACTO_ASISTENCIAL", "1330431")]),
-    ("Dra. Ana Ruiz NºCol: 28 28 54796", [("ID_TITULACION_PERSONAL_SANITARIO", "28 28 54796")]),
+    ("Dra. Ana Ruiz NºCol: 28 28 54796", [("NOMBRE_PERSONAL_SANITARIO", "Ana Ruiz"),
+                                          ("ID_TITULACION_PERSONAL_SANITARIO", "28 28 54796")]),
+    ("Nombre:  Pedro.\nApellidos: De Miguel Rivera.\nDomicilio: Calle Carmen Romero, 23, 1D.\n"
+     "Localidad/ Provincia: Collado Villalba, Madrid.\nPaís: España.\n",
+     [("NOMBRE_SUJETO_ASISTENCIA", "Pedro"), ("NOMBRE_SUJETO_ASISTENCIA", "De Miguel Rivera"),
+      ("CALLE", "Calle Carmen Romero, 23, 1D"), ("TERRITORIO", "Collado Villalba, Madrid"), ("PAIS", "España")]),
+    ("Médico: Estefanía Romero Selas  NºCol: 28 28 5479.\nRemitido por: Dr. Luis de la Fuente Pérez c/ Mayor 3",
+     [("NOMBRE_PERSONAL_SANITARIO", "Estefanía Romero Selas"), ("ID_TITULACION_PERSONAL_SANITARIO", "28 28 5479"),
+      ("NOMBRE_PERSONAL_SANITARIO", "Luis de la Fuente Pérez")]),
     ("CP: 28035. Calle Mayor 3, 31008 Pamplona", [("TERRITORIO", "28035"), ("TERRITORIO", "31008")]),
     ("acceso desde 192.168.10.7", [("DIREC_PROT_INTERNET", "192.168.10.7")]),
 ])
@@ -38,7 +46,7 @@ def test_each_format(text, expected):
 
 def test_doses_and_lab_values_are_not_identifiers():
     text = ("Se pautaron 2000 mg de paracetamol, TA 120/80 mmHg, peso 70,5 kg, creatinina 1.2 mg/dl, "
-            "½ comprimido cada 8 h, 3 ciclos, PSA 4,5 ng/ml.")
+            "½ comprimido cada 8 h, 3 ciclos, PSA 4,5 ng/ml. Nombre del fármaco: ibuprofeno.")
     assert find(text) == []
 
 
@@ -46,6 +54,9 @@ RULE_TYPES = {  # MEDDOCAN types the rules cover, and the dev recall each reache
     "FECHAS": 0.96, "CORREO_ELECTRONICO": 0.98, "NUMERO_TELEFONO": 0.95, "NUMERO_FAX": 0.8,
     "ID_SUJETO_ASISTENCIA": 0.9, "ID_ASEGURAMIENTO": 0.98, "ID_TITULACION_PERSONAL_SANITARIO": 0.98,
     "ID_CONTACTO_ASISTENCIAL": 0.95,
+    # the labelled header fields (2026-12-07: 0.978, 0.873, 0.737, 0.804, 0.786)
+    "NOMBRE_SUJETO_ASISTENCIA": 0.95, "NOMBRE_PERSONAL_SANITARIO": 0.85, "CALLE": 0.7, "PAIS": 0.78,
+    "TERRITORIO": 0.75,
 }
 
 

@@ -17,6 +17,7 @@ examples:
       --source meddocan=brat:'../shared/data/meddocan/train/brat' \\
       --decontaminate ../shared/data/pharmaconer/dev.conll --decontaminate '../shared/data/meddocan/dev/brat' \\
       --output artifacts/corpus
+  python jobs/clean_corpus.py --config configs/corpus/shared.yaml --deidentify models:/galeno-ner-meddocan-deid@champion
   ray job submit --working-dir . -- python jobs/clean_corpus.py --config configs/corpus/shared.yaml
 """
 
@@ -37,6 +38,9 @@ FLAGS = (
          "jsonl text brat i2b2xml bioc conll warc pdf)", add_sources, "NAME=FORMAT:PATH", True),
     Flag("--decontaminate", "an evaluation set (CoNLL/brat/text; file, dir or glob) whose long "
          "n-grams must not appear in the corpus (repeatable)", _add_decontam, "PATH", True),
+    Flag("--deidentify", "de-identify clinical sources first with this model (models:/NAME@alias, a folder, or "
+         "'rules' for the rules alone): sets deid.model; a source opts out with deid: false",
+         set_field("deid.model"), "MODEL_URI"),
     Flag("--output", "output folder (documents/, rejected/, manifest.json, report.md)",
          set_field("output"), "DIR"),
 )

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from galeno import paths
 from galeno.corpus.decontam import DecontamConfig
+from galeno.deid.deidentify import DeidConfig
 from galeno.corpus.dedup import LineDedupConfig, MinHashConfig
 from galeno.corpus.filters import FilterConfig
 from galeno.corpus.langid import LangIdConfig
@@ -33,6 +34,9 @@ class SourceConfig:
     """Keep rule across corpora: the copy in the lowest priority wins (default: order of listing)."""
     description: str = ""
     """One line for the corpus table in report.md."""
+    deid: bool = True
+    """De-identify this source when the job has ``deid.model`` (``--deidentify``); ``false`` opts a public
+    source out (SciELO articles hold no patients), where the user says so."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -55,6 +59,9 @@ class CorpusConfig:
     """Inputs, in keep-priority order (``--source NAME=FORMAT:PATH``, repeatable)."""
     output: str = field(default_factory=lambda: paths.default_output("corpus"))
     """Output folder: documents/, rejected/, manifest.json, report.md, outputs.json (what the tokenizer and pretraining read)."""
+    deid: DeidConfig = field(default_factory=DeidConfig)
+    """Step 0: de-identification (``--deidentify MODEL``), before every other step: each identifier
+    the model or the rules find becomes ``[LABEL]``, so no later step, file, log or MLflow run sees it."""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     """Step 1: encoding repair and Unicode normalisation."""
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -46,6 +46,7 @@ class Shard:
     priority: int
     root: str
     files: tuple[str, ...]
+    deid: bool = False
 
 
 def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]:
@@ -71,25 +72,31 @@ def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]
         for i, group in enumerate(g for g in groups if g):
             stamp = config_hash([[p, os.path.getsize(p), int(os.path.getmtime(p))] for p in group], 8)
             shards.append(Shard(f"{src.name}-{i:05d}-{stamp}", src.name, src.format,
-                                keep_priority(sources, src), root, tuple(group)))
+                                keep_priority(sources, src), root, tuple(group), src.deid))
     return shards
 
 
-def local_tag(cfg: CorpusConfig) -> str:
-    """Hash of everything the local phase depends on: a changed parameter never reuses output."""
-    return config_hash({
+def local_tag(cfg: CorpusConfig, deid_digest: str = "") -> str:
+    """Hash of everything the local phase depends on: a changed parameter never reuses output.
+    ``deid_digest``: what the de-identification model's files are (``hashing.model_digest``)."""
+    identity: dict[str, Any] = {
         "code": code_digest("galeno.corpus"),
         "sources": [[s.name, s.format, cfg.priority(s)] for s in cfg.sources],
         "steps": [to_dict(cfg.normalize), to_dict(cfg.split), to_dict(cfg.langid),
                   to_dict(cfg.filters), to_dict(cfg.decontaminate)],
-    })
+    }
+    if cfg.deid.enabled:  # without it the tag stays what it was, so earlier committed shards still count
+        identity["deid"] = {**to_dict(cfg.deid), "model": deid_digest, "code": code_digest("galeno.deid"),
+                            "sources": [s.name for s in cfg.sources if s.deid]}
+    return config_hash(identity)
 
 
 # --------------------------------------------------------------------------- local phase
 class LocalSteps:
-    """Steps 1-4 and 7 on one document; built once per Ray worker (models load once)."""
+    """Steps 1-4 and 7 on one document; built once per Ray worker (models load once). Step 0,
+    de-identification, runs on a shard's documents together first (:meth:`deidentify`)."""
 
-    def __init__(self, cfg: CorpusConfig):
+    def __init__(self, cfg: CorpusConfig, deid_model_dir: str = ""):
         from galeno.corpus.decontam import Decontaminator
         from galeno.corpus.filters import build_sentence_filters
         from galeno.corpus.langid import LanguageIdentifier
@@ -101,6 +108,33 @@ class LocalSteps:
         self.filters = [pred for _, pred in build_sentence_filters(cfg.filters)]
         self.decontam = (Decontaminator.from_config(cfg.decontaminate)
                          if cfg.decontaminate.paths else None)
+        self.deid = None
+        if cfg.deid.enabled:
+            from galeno.deid.deidentify import Deidentifier
+
+            self.deid = Deidentifier(cfg.deid, deid_model_dir)
+
+    def deidentify(self, docs: list[Document]) -> list[Document]:
+        """Step 0 on a shard's readable documents: each identifier becomes ``[LABEL]`` and the document's
+        ``meta["deid"]`` counts them by label. A document the model fails on is rejected
+        (``deid_failed``) and its text dropped: it never goes on un-masked."""
+        if self.deid is None:
+            return docs
+        from galeno.inference.batch import each
+
+        todo = [d for d in docs if d.reason is None and d.text.strip()]
+        step = self.cfg.deid.batch_size
+        for i in range(0, len(todo), step):
+            part = todo[i:i + step]
+            results = each(self.deid, [d.text for d in part], [d.id for d in part], "de-identification")
+            for d, r in zip(part, results):
+                if r is None:  # never goes on un-masked
+                    d.text = ""
+                    d.reject("deid_failed")
+                    continue
+                d.text = r.text
+                d.meta["deid"] = r.counts()
+        return docs
 
     def __call__(self, doc: Document) -> Document:
         from galeno.corpus.normalize import normalize_text
@@ -168,10 +202,10 @@ def commit_parquet(table, path: Path) -> None:
 class ShardWorker:
     """Ray Data actor: one input shard in, one committed Parquet file of rows out."""
 
-    def __init__(self, cfg: dict[str, Any], out_dir: str):
+    def __init__(self, cfg: dict[str, Any], out_dir: str, deid_model_dir: str = ""):
         self.cfg = from_dict(CorpusConfig, cfg)
         self.out_dir = Path(out_dir)
-        self.steps = LocalSteps(self.cfg)
+        self.steps = LocalSteps(self.cfg, deid_model_dir)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import pyarrow as pa
@@ -180,7 +214,10 @@ class ShardWorker:
         for spec in batch["spec"]:
             t0 = time.perf_counter()
             shard = Shard(**{**json.loads(spec), "files": tuple(json.loads(spec)["files"])})
-            rows = [to_row(self.steps(doc), shard.priority) for doc in read_shard(shard)]
+            docs = list(read_shard(shard))
+            if shard.deid:
+                docs = self.steps.deidentify(docs)
+            rows = [to_row(self.steps(doc), shard.priority) for doc in docs]
             commit_parquet(pa.Table.from_pylist(rows, schema=row_schema()),
                            self.out_dir / f"{shard.id}.parquet")
             done["shard"].append(shard.id)
@@ -189,7 +226,7 @@ class ShardWorker:
         return done
 
 
-def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path) -> dict[str, Any]:
+def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path, deid_model_dir: str = "") -> dict[str, Any]:
     import ray
     import ray.data
 
@@ -206,7 +243,8 @@ def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path) -> di
         ds = ray.data.from_items(specs, override_num_blocks=len(specs))
         ds.map_batches(ShardWorker, batch_size=1,
                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(cpus, len(pending)))),
-                       fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir)}).materialize()
+                       fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir),
+                                              "deid_model_dir": deid_model_dir}).materialize()
     return {"shards": len(shards), "shards_skipped_on_resume": skipped}
 
 
@@ -277,7 +315,7 @@ def _empty_counts() -> dict[str, Any]:
     return {"documents_in": 0, "documents_out": 0, "sentences_in": 0, "sentences_out": 0,
             "sentences_dropped_with_documents": 0, "words_in": 0, "words_out": 0,
             "chars_out": 0, "bad_bytes": 0, "document_drops": {}, "sentence_drops": {},
-            "fixes": {}}
+            "fixes": {}, "deid_documents": 0, "deid_replacements": {}}
 
 
 def _count(c: dict[str, Any], row: dict[str, Any], reason: str | None, kept: list[str]) -> None:
@@ -288,8 +326,13 @@ def _count(c: dict[str, Any], row: dict[str, Any], reason: str | None, kept: lis
     c["bad_bytes"] += int(row["bad_bytes"])
     for k, v in drops.items():
         c["sentence_drops"][k] = c["sentence_drops"].get(k, 0) + int(v)
-    for k, v in json.loads(row["meta"]).get("fixes", {}).items():
+    meta = json.loads(row["meta"])
+    for k, v in meta.get("fixes", {}).items():
         c["fixes"][k] = c["fixes"].get(k, 0) + int(v)
+    if "deid" in meta:  # counted whether the document is kept or not: every replacement was made
+        c["deid_documents"] += 1
+        for k, v in meta["deid"].items():
+            c["deid_replacements"][k] = c["deid_replacements"].get(k, 0) + int(v)
     if reason is None:
         c["documents_out"] += 1
         c["sentences_out"] += len(kept)
@@ -367,9 +410,10 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     cfg = absolute_paths(cfg)
     out = Path(cfg.output)
     handover.clear(out)
+    deid_dir, deid_digest = _deid_model(cfg)
     with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{out.name}",
-                 tags={"galeno.local_tag": local_tag(cfg)}) as tracker:
-        manifest = _run(cfg)
+                 tags={"galeno.local_tag": local_tag(cfg, deid_digest)}) as tracker:
+        manifest = _run(cfg, deid_dir, deid_digest)
         # per-corpus counts (words_out is the token count of the report), drops by reason, timings
         tracker.log_metrics(flat_metrics({"total": manifest["total"], "source": manifest["sources"],
                                           "seconds": manifest["stage_seconds"]}))
@@ -387,7 +431,23 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     return manifest
 
 
-def _run(cfg: CorpusConfig) -> dict[str, Any]:
+def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
+    """The de-identification model's folder (resolved once, on the driver) and its digest; ("", "")
+    without one. Refuses a config that names a model but de-identifies no source."""
+    if not cfg.deid.enabled:
+        return "", ""
+    if not any(s.deid for s in cfg.sources):
+        raise ValueError("deid.model is set but every source opts out (deid: false): nothing to de-identify")
+    if not cfg.deid.uses_model:
+        return "", "rules"
+    from galeno.hashing import model_digest
+    from galeno.inference.source import resolve_model
+
+    model_dir = os.path.abspath(resolve_model(cfg.deid.model, cfg.tracking))
+    return model_dir, model_digest(model_dir)
+
+
+def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[str, Any]:
     import ray.data
 
     from galeno.corpus.dedup import dedup_documents, dedup_sentences
@@ -400,10 +460,13 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     shards = plan_shards(cfg.sources, cfg.shard_mb)
-    local_dir = paths.corpus_local_shards(out, local_tag(cfg))
+    local_dir = paths.corpus_local_shards(out, local_tag(cfg, deid_digest))
     log.info("corpus: %d sources, %d shards -> %s", len(cfg.sources), len(shards), out)
     t = time.time()
-    resume_info = run_local_phase(cfg, shards, local_dir)
+    if cfg.deid.enabled:
+        log.info("corpus: de-identifying %s with %s%s first", ", ".join(s.name for s in cfg.sources if s.deid) or "no source",
+                 cfg.deid.model, " and the rules" if cfg.deid.rules and cfg.deid.uses_model else "")
+    resume_info = run_local_phase(cfg, shards, local_dir, deid_dir)
     timings["local"] = time.time() - t
 
     t = time.time()
@@ -421,7 +484,7 @@ def _run(cfg: CorpusConfig) -> dict[str, Any]:
         "galeno_version": __version__,
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
-        "local_tag": local_tag(cfg),
+        "local_tag": local_tag(cfg, deid_digest),
         "sources": per_source,
         "elapsed_seconds": round(time.time() - t0, 2),
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},

@@ -52,7 +52,8 @@ def render_report(manifest: dict[str, Any], cfg: CorpusConfig) -> str:
                      f"{c.get('sentences_in', 0):,} | {c.get('sentences_out', 0):,} | "
                      f"{c.get('words_in', 0):,} | {c.get('words_out', 0):,} | {c.get('bad_bytes', 0):,} |")
     for title, key in (("Documents dropped, by reason", "document_drops"),
-                       ("Sentences dropped, by reason", "sentence_drops")):
+                       ("Sentences dropped, by reason", "sentence_drops"),
+                       ("Identifiers replaced by [LABEL] (de-identification), by type", "deid_replacements")):
         reasons = sorted({r for c in per_source.values() for r in c.get(key, {})})
         if not reasons:
             continue
@@ -61,6 +62,11 @@ def render_report(manifest: dict[str, Any], cfg: CorpusConfig) -> str:
         for r in reasons:
             row = [f"{per_source[s].get(key, {}).get(r, 0):,}" for s in per_source]
             lines.append(f"| {r} | " + " | ".join(row) + f" | {manifest['total'][key].get(r, 0):,} |")
+    if cfg.deid.enabled:
+        opted_out = [s.name for s in cfg.sources if not s.deid]
+        lines += ["", f"De-identified with `{cfg.deid.model}`" + (" and the rules" if cfg.deid.rules and cfg.deid.uses_model
+                                                                  else "") + f": {manifest['total'].get('deid_documents', 0):,} "
+                  "documents, before every other step." + (f" Opted out: {', '.join(opted_out)}." if opted_out else "")]
     return "\n".join(lines) + "\n"
 
 

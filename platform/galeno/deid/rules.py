@@ -19,6 +19,10 @@ from typing import Iterable
 
 _MONTHS = ("enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre"
            "|ene|feb|mar|abr|may|jun|jul|ago|sep|sept|oct|nov|dic")
+#: A header field's value: after the colon, to the end of the line, less a final dot and spaces.
+_FIELD = r"[ \t]*:[ \t]*(?P<id>[^\n]*?[^\s.])[ \t.]*$"
+#: A capitalised name word (letters only: "NºCol" that follows a name is not one).
+_NAME = r"[A-ZÁÉÍÓÚÑ][A-Za-zÁÉÍÓÚÑáéíóúñüÜàèçÇ'´-]+"
 #: Units after which a 4-digit number is a quantity, not a year ("2000 mg").
 _UNIT = r"\s*(?:mg|mcg|µg|g|kg|ml|mL|l|UI|U|mmol|mEq|%|cc|cm|mm|m|h|min|ng|pg|mmHg)\b"
 
@@ -76,6 +80,21 @@ def _rules() -> list[tuple[str, str, re.Pattern[str]]]:
                     r"(?P<id>[A-Za-z]{0,3}\d[\d/.-]*\d|\d)", flags)),
         ("postal-code", "TERRITORIO",
          re.compile(r"\b(?:C\.?\s?P\.?|c[oó]digo\s+postal)\W{0,4}(?P<id>\d{5})\b", flags)),
+        # the labelled fields of a report's header ("Nombre: Pedro.", "Médico: Ana Ruiz  NºCol: ..."): the value
+        # to the end of its line (or, for a doctor, to the next label); whatever the value is, it is the field's
+        ("header-name", "NOMBRE_SUJETO_ASISTENCIA",
+         re.compile(rf"^[ \t]*(?:nombre(?:\s+y\s+apellidos)?|apellidos?|paciente){_FIELD}", flags | re.MULTILINE)),
+        ("header-doctor", "NOMBRE_PERSONAL_SANITARIO",
+         re.compile(r"^[ \t]*(?:m[eé]dico|responsable\s+cl[ií]nico|m[eé]dico\s+responsable)[ \t]*:[ \t]*"
+                    r"(?P<id>[^\n]*?)(?=[ \t]*(?:\bn[ºo°.]*\s*col|\s{2,}|\.?[ \t]*$))", flags | re.MULTILINE)),
+        ("header-address", "CALLE", re.compile(rf"^[ \t]*(?:domicilio|direcci[oó]n){_FIELD}", flags | re.MULTILINE)),
+        ("header-place", "TERRITORIO",
+         re.compile(rf"^[ \t]*(?:localidad(?:[ \t]*/[ \t]*provincia)?|provincia|municipio){_FIELD}",
+                    flags | re.MULTILINE)),
+        ("header-country", "PAIS", re.compile(rf"^[ \t]*pa[ií]s(?:\s+de\s+nacimiento)?{_FIELD}", flags | re.MULTILINE)),
+        # a doctor named by title: Dra. María Merino Viveros, Dr. Luis de la Fuente
+        ("doctor-title", "NOMBRE_PERSONAL_SANITARIO",
+         re.compile(rf"\b(?:Dra?\.|Doctora?)[ \t]+(?P<id>{_NAME}(?:[ \t]+(?:(?:de|del|la|los|las|y)[ \t]+)*{_NAME}){{0,4}})")),
         ("postal-code-city", "TERRITORIO",
          re.compile(r"\b(?P<id>(?:0[1-9]|[1-4]\d|5[0-2])\d{3})\b(?=,?\s+[A-ZÁÉÍÓÚÑ][a-záéíóúñ]+)")),
     ]

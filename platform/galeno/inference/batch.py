@@ -26,7 +26,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from galeno import paths
 from galeno.corpus.config import SourceConfig
@@ -39,23 +39,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PredictConfig:
-    model: str = ""
-    """The token-classification model: a Hugging Face folder or ``models:/NAME@alias`` (resolved once, on the driver)."""
+class PoolConfig:
+    """Sources read in shards, an actor pool of a loaded model over them: what batch prediction and
+    batch de-identification share."""
+
     sources: list[SourceConfig] = field(default_factory=list)
-    """Documents to tag (``--source NAME=FORMAT:PATH``, repeatable; the corpus readers' formats)."""
-    output: str = field(default_factory=lambda: paths.default_output("predictions"))
-    """Output folder: predictions/*.parquet and manifest.json."""
-    aggregation_strategy: str = "simple"
-    """How sub-token probabilities make a word's label: simple, first, average or max (docs/serve.md)."""
-    max_length: int = 512
-    """Sub-tokens per window (capped by the model's positions); longer sentences get sliding windows."""
-    stride: int = 32
-    """Words shared by consecutive windows of a long sentence."""
+    """Documents to read (``--source NAME=FORMAT:PATH``, repeatable; the corpus readers' formats)."""
     batch_size: int = 16
     """Documents per call of an actor."""
-    forward_batch_size: int = 32
-    """Windows per forward pass inside a call."""
     actors: str = "2"
     """Actors in the pool: a number, or MIN,MAX to let Ray Data autoscale the pool."""
     num_cpus: float = 1.0
@@ -76,10 +67,8 @@ class PredictConfig:
     """MLflow run of the job: config, counts and throughput, the manifest as an artifact."""
 
     def __post_init__(self) -> None:
-        if self.aggregation_strategy not in AGGREGATIONS:
-            raise ValueError(f"aggregation_strategy must be one of {AGGREGATIONS}")
-        if min(self.batch_size, self.forward_batch_size, self.max_length) < 1 or self.stride < 0:
-            raise ValueError("batch_size, forward_batch_size and max_length must be positive, stride >= 0")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be positive")
         if min(self.num_cpus, self.shard_mb, self.read_concurrency, self.block_kb) <= 0 or self.num_gpus < 0:
             raise ValueError("num_cpus, shard_mb, block_kb and read_concurrency must be positive, num_gpus >= 0")
         self.pool()  # validates actors
@@ -99,6 +88,29 @@ class PredictConfig:
         return pool
 
 
+@dataclass
+class PredictConfig(PoolConfig):
+    model: str = ""
+    """The token-classification model: a Hugging Face folder or ``models:/NAME@alias`` (resolved once, on the driver)."""
+    output: str = field(default_factory=lambda: paths.default_output("predictions"))
+    """Output folder: predictions/*.parquet and manifest.json."""
+    aggregation_strategy: str = "simple"
+    """How sub-token probabilities make a word's label: simple, first, average or max (docs/serve.md)."""
+    max_length: int = 512
+    """Sub-tokens per window (capped by the model's positions); longer sentences get sliding windows."""
+    stride: int = 32
+    """Words shared by consecutive windows of a long sentence."""
+    forward_batch_size: int = 32
+    """Windows per forward pass inside a call."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aggregation_strategy not in AGGREGATIONS:
+            raise ValueError(f"aggregation_strategy must be one of {AGGREGATIONS}")
+        if min(self.forward_batch_size, self.max_length) < 1 or self.stride < 0:
+            raise ValueError("forward_batch_size and max_length must be positive, stride >= 0")
+
+
 def predictions_schema():
     import pyarrow as pa
 
@@ -113,6 +125,24 @@ def _read(shard: dict[str, Any]) -> list[dict[str, Any]]:
 
     return [{"id": d.id, "source": d.source, "text": d.text, "reason": d.reason}
             for path in shard["files"] for d in read_file(path, shard["format"], shard["source"], root=shard["root"])]
+
+
+def each(fn: Callable[[list[Any]], list[Any]], items: list[Any], ids: list[str], what: str) -> list[Any]:
+    """``fn(items)``; if the batch fails, ``fn`` on each item alone, ``None`` for an item that fails
+    again: one bad document never fails its batch. Logs ids and exception types, never a text."""
+    try:
+        return list(fn(items))
+    except Exception as err:  # noqa: BLE001
+        log.warning("%s failed on a batch of %d documents (%s); retrying one by one", what, len(items),
+                    type(err).__name__)
+    out: list[Any] = []
+    for item, doc_id in zip(items, ids):
+        try:
+            out += fn([item])
+        except Exception as one:  # noqa: BLE001
+            log.warning("%s failed on document %s (%s)", what, doc_id, type(one).__name__)
+            out.append(None)
+    return out
 
 
 class Tagger:
@@ -134,16 +164,8 @@ class Tagger:
 
         rows = batch.to_pylist()
         todo = [i for i, r in enumerate(rows) if r["reason"] is None]
-        found: dict[int, list[dict[str, Any]]] = {}
-        try:
-            found = dict(zip(todo, self._tag([rows[i]["text"] for i in todo])))
-        except Exception as err:  # noqa: BLE001 - one bad document must not fail the batch: retry one by one
-            log.warning("a batch of %d documents failed (%s); tagging them one by one", len(todo), type(err).__name__)
-            for i in todo:
-                try:
-                    found[i] = self._tag([rows[i]["text"]])[0]
-                except Exception as one:  # noqa: BLE001 - counted as prediction_failed, never logged with its text
-                    log.warning("document %s failed (%s)", rows[i]["id"], type(one).__name__)
+        tagged = each(self._tag, [rows[i]["text"] for i in todo], [rows[i]["id"] for i in todo], "tagging")
+        found = {i: f for i, f in zip(todo, tagged) if f is not None}
         for i, row in enumerate(rows):
             row["entities"] = found.get(i, [])
             if row["reason"] is None and i not in found:
@@ -168,7 +190,7 @@ def _count(files: list[Path]) -> dict[str, Any]:
             "entities": dict(labels)}
 
 
-def _check_pool(cfg: PredictConfig, resources: dict[str, float]) -> None:
+def _check_pool(cfg: PoolConfig, resources: dict[str, float]) -> None:
     """Refuse a pool whose smallest size the cluster cannot place: Ray Data would wait for it forever."""
     low, _ = cfg.pool()
     for kind, per_actor in (("CPU", cfg.num_cpus), ("GPU", cfg.num_gpus)):
@@ -177,19 +199,71 @@ def _check_pool(cfg: PredictConfig, resources: dict[str, float]) -> None:
                              f"{kind}s for its smallest pool; the cluster has {resources.get(kind, 0):g}")
 
 
+@dataclass
+class PoolJob:
+    """What one pool job runs: the actor class and its arguments, where its rows go, how they are counted."""
+
+    name: str
+    """The MLflow job name and the log's noun (``predict_ner``, ``deidentify``)."""
+    actor: type
+    actor_kwargs: dict[str, Any]
+    target: Path
+    """The folder of Parquet files the rows end in (swapped in whole when the run succeeds)."""
+    manifest: Path
+    count: Callable[[list[Path]], dict[str, Any]]
+    """Counts of the written rows for the manifest: ``documents`` (by source) at least."""
+    metrics: Callable[[dict[str, Any]], dict[str, float]] = lambda counts: {}
+    about: dict[str, Any] = field(default_factory=dict)
+    """More manifest fields (the model, ...)."""
+
+
+def pool_main(prog: str, cls: type, usage: str, flags, run_job: Callable[[Any], dict[str, Any]],
+              keys: tuple[str, ...], argv=None) -> dict[str, Any]:
+    """The command line of a pool job: parse ``cls`` with ``flags``, run it, print the manifest's ``keys``;
+    a bad config, a pool the cluster cannot place, a missing model or input exits with one line."""
+    import sys
+
+    from galeno.config import parse_cli
+    from galeno.runtime import setup_logging
+
+    setup_logging()
+    try:
+        cfg = parse_cli(cls, argv, prog=prog, description=usage, flags=flags)
+    except ValueError as err:
+        sys.exit(f"{prog}: error: {err}")
+    try:
+        manifest = run_job(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"{prog}: error: {err}")
+    print(json.dumps({k: manifest.get(k) for k in keys}, indent=2, ensure_ascii=False))
+    return manifest
+
+
 def run(cfg: PredictConfig) -> dict[str, Any]:
     """Tag every document of ``cfg.sources``; returns (and writes) the manifest."""
-    import ray
-    import ray.data
-
-    from galeno.corpus.pipeline import plan_shards
     from galeno.inference.source import resolve_model
-    from galeno.runtime import init_ray
 
     if not cfg.model or not cfg.sources:
         raise ValueError("give --model and at least one --source")
     out = Path(paths.absolute(cfg.output))
     model_dir = paths.absolute(resolve_model(cfg.model, cfg.tracking))
+    settings = {k: getattr(cfg, k) for k in ("aggregation_strategy", "max_length", "stride",
+                                              "forward_batch_size", "num_cpus", "num_gpus")}
+    job = PoolJob("predict_ner", Tagger, {"model_dir": model_dir, "cfg": settings}, paths.predictions(out),
+                  paths.predictions_manifest(out), _count,
+                  lambda counts: {f"entities_{k}": v for k, v in counts["entities"].items()},
+                  {"model": cfg.model, "model_dir": model_dir})
+    return run_pool(cfg, job, out)
+
+
+def run_pool(cfg: PoolConfig, job: PoolJob, out: Path) -> dict[str, Any]:
+    """Read ``cfg.sources`` in shards, run ``job.actor`` over them as an actor pool, write its rows."""
+    import ray
+    import ray.data
+
+    from galeno.corpus.pipeline import plan_shards
+    from galeno.runtime import init_ray
+
     shards = plan_shards(cfg.sources, cfg.shard_mb)
     init_ray(cfg.ray)
     _check_pool(cfg, ray.cluster_resources())
@@ -198,53 +272,49 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     # Ray Data hands a whole block to one actor: cut what the readers produce into small blocks
     context.target_max_block_size = cfg.block_kb * 1024
     try:
-        return _tag_all(cfg, model_dir, shards, out)
+        return _pool_all(cfg, job, shards, out)
     finally:
         context.target_max_block_size = block_size
 
 
-def _tag_all(cfg: PredictConfig, model_dir: str, shards: list, out: Path) -> dict[str, Any]:
+def _pool_all(cfg: PoolConfig, job: PoolJob, shards: list, out: Path) -> dict[str, Any]:
     import ray.data
 
     from galeno.config import to_dict
     from galeno.tracking import job_run
 
     start = time.time()
-    with job_run(cfg.tracking, "predict_ner", out, to_dict(cfg), run_name="predict-ner") as tracker:
-        work = out / f".predictions-{uuid.uuid4().hex[:8]}"
+    with job_run(cfg.tracking, job.name, out, to_dict(cfg), run_name=job.name.replace("_", "-")) as tracker:
+        work = out / f".{job.target.name}-{uuid.uuid4().hex[:8]}"
         low, high = cfg.pool()
-        settings = {k: getattr(cfg, k) for k in ("aggregation_strategy", "max_length", "stride",
-                                                  "forward_batch_size", "num_cpus", "num_gpus")}
         ds = ray.data.from_items([asdict(s) for s in shards], override_num_blocks=max(1, len(shards)))
         ds = ds.flat_map(_read, num_cpus=0,
                          compute=ray.data.TaskPoolStrategy(size=max(1, min(cfg.read_concurrency, len(shards)))))
-        ds = ds.map_batches(Tagger, fn_constructor_kwargs={"model_dir": model_dir, "cfg": settings},
+        ds = ds.map_batches(job.actor, fn_constructor_kwargs=job.actor_kwargs,
                             batch_size=cfg.batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
         try:
             ds.write_parquet(str(work), ray_remote_args={"num_cpus": 0}, concurrency=cfg.read_concurrency)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)  # the previous predictions stay as they were
+            shutil.rmtree(work, ignore_errors=True)  # the previous output stays as it was
             raise
-        target = paths.predictions(out)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(work, target)
+        if job.target.exists():
+            shutil.rmtree(job.target)
+        os.replace(work, job.target)
         elapsed = time.time() - start
-        files = sorted(target.glob("*.parquet"))
-        counts = _count(files)
+        files = sorted(job.target.glob("*.parquet"))
+        counts = job.count(files)
         n = sum(counts["documents"].values())
         cores = high * cfg.num_cpus
-        manifest = {"model": cfg.model, "model_dir": model_dir, "output": str(target),
-                    "files": [f.name for f in files], **counts, "documents_total": n,
-                    "elapsed_seconds": round(elapsed, 2), "documents_per_second": round(n / elapsed, 3),
-                    "actors": [low, high], "cpus_per_actor": cfg.num_cpus, "gpus_per_actor": cfg.num_gpus,
+        manifest = {**job.about, "output": str(job.target), "files": [f.name for f in files], **counts,
+                    "documents_total": n, "elapsed_seconds": round(elapsed, 2),
+                    "documents_per_second": round(n / elapsed, 3), "actors": [low, high],
+                    "cpus_per_actor": cfg.num_cpus, "gpus_per_actor": cfg.num_gpus,
                     "documents_per_second_per_core": round(n / elapsed / cores, 3) if not cfg.num_gpus else None}
-        paths.predictions_manifest(out).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        job.manifest.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         tracker.log_metrics({"documents": n, "elapsed_seconds": elapsed, "documents_per_second": n / elapsed,
-                             **{f"entities_{k}": v for k, v in counts["entities"].items()}})
-        tracker.log_artifact(paths.predictions_manifest(out))
-    log.info("tagged %d documents in %.1f s (%.2f documents/s)", n, elapsed, n / elapsed)
+                             **job.metrics(counts)})
+        tracker.log_artifact(job.manifest)
+    log.info("%s: %d documents in %.1f s (%.2f documents/s)", job.name, n, elapsed, n / elapsed)
     return manifest
-
