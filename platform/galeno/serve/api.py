@@ -5,8 +5,11 @@ Every error is JSON, ``{"error": code, "message": text}`` (plus ``detail`` for s
 
 =====  =====================================================================================
  400   ``invalid_encoding``: the body is not UTF-8
+ 401   ``unauthorized``: no ``Authorization: Bearer <key>`` (with ``auth.mode=keys``; galeno.serve.auth)
+ 403   ``forbidden``: a key that is not valid
  404   ``not_served``: the application serves no model of that kind; ``not_found``: no route
  413   ``body_too_large``, ``text_too_long``, ``too_many_texts``: over ``limits.*``
+ 429   ``rate_limited``: the key is over its rate (``Retry-After``)
  422   ``invalid_request`` (not JSON, wrong types, unknown fields: ``detail`` lists them),
        ``empty_text``, ``invalid_text`` (lone surrogates), ``no_mask``, ``too_many_masks``,
        ``bad_top_k``, ``text_or_texts``
@@ -47,6 +50,13 @@ class NERRequest(_Strict):
     texts: Optional[list[StrictStr]] = Field(None, description="Several texts, answered in order; or give text.")
     aggregation_strategy: Optional[Literal["simple", "first", "average", "max"]] = Field(
         None, description="How word labels and entity scores come from sub-token probabilities (docs/serve.md).")
+
+
+class DeidentifyRequest(_Strict):
+    text: Optional[StrictStr] = Field(None, description="One clinical note; or give texts.",
+                                      examples=["Paciente de 45 años, NHC 1234567, ingresa el 14/03/2021. "
+                                                "Teléfono de contacto 612 345 678."])
+    texts: Optional[list[StrictStr]] = Field(None, description="Several notes, answered in order; or give text.")
 
 
 class ModelRef(BaseModel):
@@ -93,13 +103,33 @@ class NERResponse(BaseModel):
     results: Optional[list[NERResult]] = Field(None, description="For a request with texts, in their order.")
 
 
+class ReplacedSpan(BaseModel):
+    label: str = Field(description="MEDDOCAN type; the masked text holds [label] in its place.")
+    start: int = Field(description="Offset in the input, in code points.")
+    end: int
+    text: str = Field(description="input[start:end]: the identifier (it is your own text coming back).")
+    by: str = Field(description="model, or the name of the rule that found it.")
+
+
+class DeidentifyResult(BaseModel):
+    text: str = Field(description="The input with each identifier replaced by [LABEL].")
+    spans: list[ReplacedSpan] = Field(description="What was replaced, in text order.")
+    kept: list[ReplacedSpan] = Field(description="Found but kept (deid_keep_labels: the patient's sex).")
+
+
+class DeidentifyResponse(BaseModel):
+    model: ModelRef
+    result: Optional[DeidentifyResult] = Field(None, description="For a request with text.")
+    results: Optional[list[DeidentifyResult]] = Field(None, description="For a request with texts, in their order.")
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="A stable code: invalid_request, text_too_long, no_mask, overloaded, ...")
     message: str
     detail: Optional[list[dict[str, Any]]] = None
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)}
 
 
 def _error(status: int, code: str, message: str, headers: Optional[dict[str, str]] = None,
@@ -245,9 +275,8 @@ def make_api(ingress) -> Any:
         out = await ingress.call("fill-mask", (request.text, request.top_k))
         return JSONResponse({"model": out["model"], **out["result"]})
 
-    @api.post("/ner", response_model=NERResponse, response_model_exclude_none=True, responses=_ERRORS)
-    async def ner(request: NERRequest):
-        """Entities of ``text``, or of each of ``texts`` in order, with offsets into the input."""
+    def texts_of(request) -> list[str]:
+        """``text`` or ``texts`` of a request, checked against the limits."""
         if (request.text is None) == (request.texts is None):
             raise Problem(422, "text_or_texts", "give exactly one of text and texts")
         texts = [request.text] if request.text is not None else list(request.texts or [])
@@ -257,6 +286,12 @@ def make_api(ingress) -> Any:
             raise Problem(413, "too_many_texts", f"{len(texts)} texts; the limit is {limits['max_texts']}")
         for i, text in enumerate(texts):
             _check_text(text, limits, "text" if request.text is not None else f"texts[{i}]")
+        return texts
+
+    @api.post("/ner", response_model=NERResponse, response_model_exclude_none=True, responses=_ERRORS)
+    async def ner(request: NERRequest):
+        """Entities of ``text``, or of each of ``texts`` in order, with offsets into the input."""
+        texts = texts_of(request)
         strategy = request.aggregation_strategy or ingress.settings["aggregation_strategy"]
         out = await ingress.call("ner", (texts, strategy))
         body: dict[str, Any] = {"model": out["model"], "aggregation_strategy": strategy}
@@ -266,5 +301,23 @@ def make_api(ingress) -> Any:
             body["results"] = [{"entities": e} for e in out["result"]]
         return JSONResponse(body)
 
+    @api.post("/deidentify", response_model=DeidentifyResponse, response_model_exclude_none=True, responses=_ERRORS)
+    async def deidentify(request: DeidentifyRequest):
+        """``text`` (or each of ``texts``) with every identifier the model or the rules find replaced by
+        ``[LABEL]``, and the replaced spans with offsets into the input. Nothing is stored or logged."""
+        texts = texts_of(request)
+        out = await ingress.call("deidentify", texts)
+        body: dict[str, Any] = {"model": out["model"]}
+        if request.text is not None:
+            body["result"] = out["result"][0]
+        else:
+            body["results"] = out["result"]
+        return JSONResponse(body)
+
     api.add_middleware(_Guard, ingress=ingress)
+    auth = ingress.settings.get("auth", {"mode": "none"})
+    if auth["mode"] == "keys":  # added last: the outermost layer, so no body is read for a caller without a key
+        from galeno.serve.auth import Auth
+
+        api.add_middleware(Auth, settings=auth, error=_error)
     return api

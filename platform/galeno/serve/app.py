@@ -2,9 +2,11 @@
 
 ::
 
-    HTTP proxy ──> Ingress (FastAPI: /, /healthz, /readyz, /models, /fill-mask, /ner)
-                      ├── FillMask   @serve.batch, reconfigure(user_config) reloads the model
-                      └── NER        @serve.batch, reconfigure(user_config) reloads the model
+    HTTP proxy ──> Ingress (FastAPI: /, /healthz, /readyz, /models, /fill-mask, /ner, /deidentify;
+                   │            API keys and rate limits: galeno.serve.auth)
+                      ├── FillMask    @serve.batch, reconfigure(user_config) reloads the model
+                      ├── NER         @serve.batch, reconfigure(user_config) reloads the model
+                      └── Deidentify  @serve.batch, the de-identification model and the rules
 
 The ingress validates every request (types, sizes, UTF-8) and answers 4xx JSON itself, so a
 model replica only sees well-formed work; it awaits the model deployments through their
@@ -216,6 +218,39 @@ class NER(_ModelDeployment):
         return await self._batch(items)
 
 
+@serve.deployment(name="Deidentify")
+class Deidentify(_ModelDeployment):
+    """De-identification: ``predict(texts)`` → ``{"result": [{text, spans, kept} per text], "model"}``;
+    the model's entities and the rules' spans united, each replaced by ``[LABEL]`` (galeno.deid)."""
+
+    kind = "deidentify"
+
+    def _load(self, source, max_length, quantize, dtype, runtime):
+        return load_ner(source, max_length, self.want_gpu, quantize, dtype, runtime)
+
+    def _run(self, loaded, items):
+        from galeno.deid.deidentify import DeidConfig, Deidentifier
+
+        cfg = DeidConfig(model=loaded.source.uri, stride=int(self.settings.get("stride", 32)),
+                         keep_labels=list(self.settings.get("keep_labels", [])), forward_batch_size=self.chunk,
+                         batch_size=max(1, sum(len(texts) for texts in items)))
+        flat = Deidentifier(cfg, loaded=loaded)([t for texts in items for t in texts], with_text=True)
+        out, k = [], 0
+        for texts in items:
+            out.append([{"text": r.text, "spans": [_span(s) for s in r.spans], "kept": [_span(s) for s in r.kept]}
+                        for r in flat[k:k + len(texts)]])
+            k += len(texts)
+        return out
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict(self, items: list[list[str]]) -> list[dict[str, Any]]:
+        return await self._batch(items)
+
+
+def _span(s) -> dict[str, Any]:
+    return {"label": s.label, "start": s.start, "end": s.end, "text": s.text, "by": s.rule}
+
+
 # --------------------------------------------------------------------------- ingress
 
 
@@ -224,8 +259,10 @@ class NER(_ModelDeployment):
 class Ingress:
     """Routes, validation, limits, timeouts; holds the handles of the model deployments."""
 
-    def __init__(self, fill_mask, ner, settings: dict[str, Any]) -> None:
+    def __init__(self, fill_mask, ner, settings: dict[str, Any], deidentify=None) -> None:
         self.handles = {"fill-mask": fill_mask, "ner": ner}
+        if deidentify is not None:  # reported (/models, /readyz, the header) only where served
+            self.handles["deidentify"] = deidentify
         self.settings = settings
         self.models: dict[str, Optional[dict[str, Any]]] = {}
         self.models_at = 0.0
@@ -239,7 +276,7 @@ class Ingress:
         """The model's result for ``item``; raises :class:`Problem` for every answer but success."""
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        handle = self.handles[kind]
+        handle = self.handles.get(kind)
         if handle is None:
             raise Problem(404, "not_served", f"no {kind} model is served by this application")
         response = handle.predict.remote(item)
@@ -333,17 +370,23 @@ def _model_settings(cfg: ServeConfig, uri: str) -> dict[str, Any]:
     elif uri:
         from pathlib import Path
 
-        out["model"] = str(Path(uri).resolve())
+        from galeno import handover
+
+        # a pretraining or NER output folder serves the model its record names
+        out["model"] = str(Path(handover.model_folder(uri)).resolve())
     return out
 
 
 def build_app(cfg: ServeConfig):
     """The Serve application of ``cfg`` (pass it to ``serve.run``)."""
-    if not cfg.fill_mask_model and not cfg.ner_model:
-        raise ValueError("nothing to serve: set fill_mask_model and/or ner_model")
-    want_gpu = {"fill_mask": cfg.fill_mask.num_gpus > 0, "ner": cfg.ner.num_gpus > 0}
+    from galeno.serve.auth import settings as auth_settings
+
+    if not cfg.fill_mask_model and not cfg.ner_model and not cfg.deid_model:
+        raise ValueError("nothing to serve: set fill_mask_model, ner_model and/or deid_model")
+    want_gpu = {"fill_mask": cfg.fill_mask.num_gpus > 0, "ner": cfg.ner.num_gpus > 0, "deid": cfg.deid.num_gpus > 0}
     handles = {}
-    for key, deployment, uri in (("fill_mask", FillMask, cfg.fill_mask_model), ("ner", NER, cfg.ner_model)):
+    for key, deployment, uri in (("fill_mask", FillMask, cfg.fill_mask_model), ("ner", NER, cfg.ner_model),
+                                 ("deid", Deidentify, cfg.deid_model)):
         if not uri:
             handles[key] = None
             continue
@@ -355,6 +398,8 @@ def build_app(cfg: ServeConfig):
         # a Serve config file's `deployments: [{name: NER, user_config: {reload: "2"}}]` reloads in place
         settings = _model_settings(cfg, uri)
         settings.update({k: v for k, v in (("quantize", group.quantize), ("dtype", group.dtype)) if v})
+        if key == "deid":
+            settings["keep_labels"] = list(cfg.deid_keep_labels)
         if group.runtime != "torch":
             settings["runtime"] = group.runtime
         handles[key] = deployment.options(user_config={"reload": cfg.reload}, **group.options()).bind(
@@ -362,8 +407,10 @@ def build_app(cfg: ServeConfig):
     settings = {"request_timeout_s": cfg.request_timeout_s, "aggregation_strategy": cfg.aggregation_strategy,
                 "aggregations": list(AGGREGATIONS),
                 "limits": {"max_chars": cfg.limits.max_chars, "max_texts": cfg.limits.max_texts,
-                           "max_top_k": cfg.limits.max_top_k, "max_body_bytes": cfg.limits.max_body_bytes}}
-    return Ingress.options(**cfg.ingress.options()).bind(handles["fill_mask"], handles["ner"], settings)
+                           "max_top_k": cfg.limits.max_top_k, "max_body_bytes": cfg.limits.max_body_bytes},
+                "auth": auth_settings(cfg.auth)}  # key hashes only, read here (driver or Serve's builder)
+    return Ingress.options(**cfg.ingress.options()).bind(handles["fill_mask"], handles["ner"], settings,
+                                                         handles["deid"])
 
 
 def app_builder(args: dict[str, Any]):

@@ -24,6 +24,8 @@ examples:
   python jobs/serve.py --fill-mask-model models:/galeno-mlm@champion --ner-model models:/galeno-ner-pharmaconer@champion
   python jobs/serve.py --config configs/serve/local.yaml --once        # one request to each model, then exit
   python jobs/serve.py --fill-mask-model artifacts/pretrain/tiny-cpu/model fill_mask.max_replicas=2
+  python jobs/serve.py --deid-model models:/galeno-ner-meddocan-deid@champion host=0.0.0.0 \
+      auth.mode=keys auth.keys_file=~/.config/galeno/api-keys       # keys: python jobs/api_keys.py add NAME
   serve run configs/serve/local.yaml                                   # the same application with Ray's CLI
 A moved registry alias: run again with reload=N (replicas replaced, rolling), or bump user_config.reload
 under the file's deployments and `serve deploy` it (replicas reload in place); docs/serve.md.
@@ -37,6 +39,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[ServeConfig, bool]:
                         help="a preset, or a Serve config file naming galeno.serve.app:app_builder (repeatable)")
     parser.add_argument("--fill-mask-model", metavar="URI", help="masked LM: models:/NAME@alias, models:/NAME/N or a folder")
     parser.add_argument("--ner-model", metavar="URI", help="token-classification model, same forms")
+    parser.add_argument("--deid-model", metavar="URI", help="de-identification model for /deidentify, same forms")
     parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
     parser.add_argument("--once", action="store_true", help="send one request to each model, print the answers, exit")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides applied last")
@@ -45,14 +48,16 @@ def parse(argv: Sequence[str] | None = None) -> tuple[ServeConfig, bool]:
     try:
         for path in args.config or ():
             merge(extra, preset_overlay(load_yaml(path)))
-        for key, value in (("fill_mask_model", args.fill_mask_model), ("ner_model", args.ner_model), ("port", args.port)):
+        for key, value in (("fill_mask_model", args.fill_mask_model), ("ner_model", args.ner_model),
+                           ("deid_model", args.deid_model), ("port", args.port)):
             if value is not None:
                 extra[key] = value
         cfg = load(ServeConfig, None, args.overrides, extra=extra)
     except (ConfigError, ValueError, OSError) as err:
         parser.error(str(err))
-    if not cfg.fill_mask_model and not cfg.ner_model:
-        parser.error("nothing to serve: give --fill-mask-model and/or --ner-model (or a --config that names them)")
+    if not cfg.fill_mask_model and not cfg.ner_model and not cfg.deid_model:
+        parser.error("nothing to serve: give --fill-mask-model, --ner-model and/or --deid-model (or a --config that "
+                     "names them)")
     return cfg, args.once
 
 
@@ -66,7 +71,7 @@ def check_models(cfg: ServeConfig) -> None:
     from galeno.inference.source import registry_version, split_models_uri
     from galeno.tracking import tracking_uri
 
-    for kind, uri in (("fill-mask", cfg.fill_mask_model), ("NER", cfg.ner_model)):
+    for kind, uri in (("fill-mask", cfg.fill_mask_model), ("NER", cfg.ner_model), ("de-identification", cfg.deid_model)):
         if not uri.startswith("models:/"):
             continue
         try:
@@ -96,9 +101,13 @@ def start(cfg: ServeConfig) -> str:
 
 
 def request(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> tuple[int, Any]:
-    """POST ``body`` as JSON (GET without one); the status and the decoded JSON answer."""
+    """POST ``body`` as JSON (GET without one); the status and the decoded JSON answer. With
+    ``$GALENO_API_KEY`` set, it is sent as the bearer key."""
     data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    if os.environ.get("GALENO_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['GALENO_API_KEY'].strip()}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -108,13 +117,15 @@ def request(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -
 
 def once(cfg: ServeConfig, url: str) -> int:
     """One request per served model; prints every answer; 0 if all were 200."""
-    from galeno.serve.page import FILL_MASK_EXAMPLE, NER_EXAMPLE
+    from galeno.serve.page import DEID_EXAMPLE, FILL_MASK_EXAMPLE, NER_EXAMPLE
 
     calls = [("GET /models", f"{url}/models", None)]
     if cfg.fill_mask_model:
         calls.append(("POST /fill-mask", f"{url}/fill-mask", {"text": FILL_MASK_EXAMPLE, "top_k": 5}))
     if cfg.ner_model:
         calls.append(("POST /ner", f"{url}/ner", {"text": NER_EXAMPLE}))
+    if cfg.deid_model:
+        calls.append(("POST /deidentify", f"{url}/deidentify", {"text": DEID_EXAMPLE}))
     failed = 0
     for name, where, body in calls:
         status, answer = request(where, body)

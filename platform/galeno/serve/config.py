@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from galeno.inference.precision import check_precision
 from galeno.runtime import RayConfig
+from galeno.serve.auth import AuthConfig, check_exposure
 from galeno.tracking import TrackingConfig
 #: The builder that ``serve run`` / ``serve deploy`` config files name as their ``import_path``.
 IMPORT_PATH = "galeno.serve.app:app_builder"
@@ -158,6 +159,11 @@ class ServeConfig:
     """Masked-LM to serve: models:/NAME@alias, models:/NAME/N or a Hugging Face directory. Empty: no /fill-mask."""
     ner_model: str = ""
     """Token-classification model to serve (same forms). Empty: no /ner."""
+    deid_model: str = ""
+    """De-identification model for POST /deidentify (models:/galeno-ner-meddocan-deid@champion, same forms);
+    the rules for structured identifiers run beside it. Empty: no /deidentify."""
+    deid_keep_labels: list[str] = field(default_factory=lambda: ["SEXO_SUJETO_ASISTENCIA"])
+    """Labels /deidentify finds but does not replace (the patient's sex is clinical content)."""
     reload: str = ""
     """The model deployments' user_config: a new value makes replicas resolve their model URIs again
     (an alias that moved). Changed in a Serve config file's deployments override it reloads running
@@ -190,12 +196,16 @@ class ServeConfig:
     """Where registry versions are downloaded; empty: <artifact root>/mlflow/models, resolved by the driver."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """Request size limits."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """API keys and rate limits (``auth.mode=keys``); without keys only a loopback host is allowed."""
     ingress: DeploymentConfig = field(default_factory=_ingress)
     """The FastAPI ingress deployment."""
     fill_mask: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
     """The FillMask deployment."""
     ner: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
     """The NER deployment."""
+    deid: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    """The Deidentify deployment (/deidentify)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Ray to start or join."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -208,6 +218,7 @@ class ServeConfig:
             raise ValueError("port must be in 1..65535 and request_timeout_s > 0")
         if self.max_length < 8 or self.stride < 0 or self.torch_threads < 0 or self.follow_alias_s < 0:
             raise ValueError("max_length must be >= 8, stride, torch_threads and follow_alias_s >= 0")
+        check_exposure(self.auth, self.host)
 
 
 def preset_overlay(data: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,9 @@ FILL_MASK_EXAMPLE = "A la exploración <mask> destaca abdomen blando y depresibl
 #: (PharmaCoNER sample, dev F1 0.30) tags creatinina, urea and potasio in it. On the PharmaCoNER
 #: sentence this example once was, with reference ranges such as "(150-450)", it also tagged "-".
 NER_EXAMPLE = "En la analítica destacaba creatinina 1,8 mg/dL, urea 90 mg/dL y potasio 5,6 mEq/L."
+#: An invented note (no real person): identifiers of the kinds MEDDOCAN annotates.
+DEID_EXAMPLE = ("Paciente: Jacinta Olmedo Ruiz, NHC 4521879, ingresa el 14 de marzo de 2021 en el Hospital "
+                "Virgen de la Vega. Contacto: 612 345 678, jolmedo@correo.es.")
 
 _PAGE = """<!doctype html>
 <html lang="es">
@@ -39,6 +42,9 @@ _PAGE = """<!doctype html>
 <h1>Galeno: modelos biomédicos-clínicos en español</h1>
 <p class="meta">Nada de lo que escriba aquí se guarda ni se registra. API: <a href="__BASE__/docs">/docs</a>,
 <a href="__BASE__/models">/models</a>.</p>
+<p><label>Clave de API <input id="api-key" type="password" size="48" autocomplete="off"
+ placeholder="si el servidor pide clave (auth.mode=keys)"></label>
+<span class="meta">se guarda solo en esta pestaña (sessionStorage)</span></p>
 
 <h2>Fill-mask</h2>
 <textarea id="fm-text" rows="3">__FILL_MASK__</textarea>
@@ -53,11 +59,23 @@ _PAGE = """<!doctype html>
 <div id="ner-out" class="out"></div>
 <p id="ner-model" class="meta"></p>
 
+<h2>Desidentificar</h2>
+<textarea id="deid-text" rows="4">__DEID__</textarea>
+<button id="deid-go">Desidentificar</button>
+<div id="deid-out" class="out"></div>
+<p id="deid-model" class="meta"></p>
+
 <script>
 const BASE = __BASE_JSON__;
 function esc(s) { return s.replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
+const KEY = document.getElementById("api-key");
+KEY.value = sessionStorage.getItem("galeno-api-key") || "";
+KEY.onchange = () => sessionStorage.setItem("galeno-api-key", KEY.value.trim());
 async function post(path, body) {
-  const r = await fetch(BASE + path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const headers = {"Content-Type": "application/json"};
+  if (KEY.value.trim()) headers["Authorization"] = "Bearer " + KEY.value.trim();
+  const r = await fetch(BASE + path, {method: "POST", headers: headers, body: JSON.stringify(body)});
+  if (r.status === 401) KEY.focus();
   const data = await r.json().catch(() => ({error: "http_" + r.status, message: r.statusText}));
   if (!r.ok) throw new Error((data.error || r.status) + ": " + (data.message || ""));
   return data;
@@ -92,6 +110,15 @@ document.getElementById("ner-go").onclick = async () => {
     meta.innerHTML = d.entities.length + " entidades · " + model(d.model);
   } catch (e) { out.innerHTML = "<span class='err'>" + esc(e.message) + "</span>"; }
 };
+document.getElementById("deid-go").onclick = async () => {
+  const out = document.getElementById("deid-out"), meta = document.getElementById("deid-model");
+  out.textContent = "…"; meta.textContent = "";
+  try {
+    const d = await post("/deidentify", {text: document.getElementById("deid-text").value});
+    out.textContent = d.result.text;
+    meta.innerHTML = d.result.spans.length + " identificadores sustituidos · " + model(d.model);
+  } catch (e) { out.innerHTML = "<span class='err'>" + esc(e.message) + "</span>"; }
+};
 </script>
 </body>
 </html>
@@ -102,4 +129,5 @@ def render_page(base: str = "") -> str:
     """The page, its links and requests under ``base`` (the application's route prefix)."""
     base = base.rstrip("/")
     return (_PAGE.replace("__BASE_JSON__", json.dumps(base)).replace("__BASE__", html.escape(base, quote=True))
-            .replace("__FILL_MASK__", html.escape(FILL_MASK_EXAMPLE)).replace("__NER__", html.escape(NER_EXAMPLE)))
+            .replace("__FILL_MASK__", html.escape(FILL_MASK_EXAMPLE)).replace("__NER__", html.escape(NER_EXAMPLE))
+            .replace("__DEID__", html.escape(DEID_EXAMPLE)))
