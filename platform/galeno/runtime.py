@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +115,21 @@ def setup_logging(level: str = "INFO") -> None:
     """Jobs call this once; the library never configures logging on import."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
     quiet_libraries()
+
+
+def each(fn: Callable[[list[Any]], list[Any]], items: list[Any], ids: list[str], what: str) -> list[Any]:
+    """``fn(items)``; if the batch fails, ``fn`` on each item alone, ``None`` for an item that fails
+    again: one bad document never fails its batch. Logs ids and exception types, never a text."""
+    try:
+        return list(fn(items))
+    except Exception as err:  # noqa: BLE001
+        log.warning("%s failed on a batch of %d documents (%s); retrying one by one", what, len(items),
+                    type(err).__name__)
+    out: list[Any] = []
+    for item, doc_id in zip(items, ids):
+        try:
+            out += fn([item])
+        except Exception as one:  # noqa: BLE001
+            log.warning("%s failed on document %s (%s)", what, doc_id, type(one).__name__)
+            out.append(None)
+    return out

@@ -62,13 +62,17 @@ def _holding(folder: Path, skip: Path | None = None) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
     found = {}
+    # each canary, its words of 5+ letters alone, as \u escapes (JSON) and as a byte-level BPE spells it
+    forms = {c: {c} | {w for w in c.split() if len(w) >= 5} for c in CANARIES}
+    for c in CANARIES:
+        forms[c] |= {json.dumps(f)[1:-1] for f in forms[c]} | {f.encode().decode("latin-1") for f in forms[c]}
     for path in folder.rglob("*"):
         if not path.is_file() or path.is_symlink() or (skip is not None and skip in path.parents):
             continue
         data = path.read_bytes()
         if path.suffix == ".parquet":
             data += json.dumps(pq.read_table(path).to_pylist(), ensure_ascii=False, default=str).encode()
-        hits = [c for c in CANARIES if c.encode() in data or c.encode("utf-16-le") in data]
+        hits = [c for c in CANARIES if any(f.encode() in data or f.encode("utf-16-le") in data for f in forms[c])]
         if hits:
             found[str(path)] = hits
     return found
@@ -77,7 +81,8 @@ def _holding(folder: Path, skip: Path | None = None) -> dict[str, list[str]]:
 def test_no_canary_string_outside_the_documents(tmp_path, isolated_tracking):
     work = tmp_path / "run"
     (work / "notes").mkdir(parents=True)
-    (work / "notes" / "canary.txt").write_text(NOTE, encoding="utf-8")
+    # Windows line endings: the step runs before the corpus job normalises them
+    (work / "notes" / "canary.txt").write_bytes(NOTE.replace("\n", "\r\n").encode("utf-8"))
     tagger = random_tagger(tiny_models(tmp_path / "tiny")["ner"], tmp_path / "tagger")
     ray_dir = Path(tempfile.mkdtemp(prefix="gc", dir="/tmp"))  # short: Ray's socket paths must fit
     log = work / "jobs.log"
@@ -123,10 +128,10 @@ output_shards: 2
                     pass
                 assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-4000:]
                 time.sleep(1)
-            answer = client.post("/deidentify", json={"text": NOTE})
+            answer = client.post("/deidentify", json={"texts": [NOTE, NOTE.replace("\n", "\r\n")]})
             assert answer.status_code == 200, answer.text
-            masked = answer.json()["result"]["text"]
-            assert not [c for c in CANARIES if c in masked]
+            for result in answer.json()["results"]:
+                assert not [c for c in CANARIES if c in result["text"]], result["text"]
             assert client.post("/fill-mask", json={"text": "Nombre: Zorbalina <mask> Quetzaltepec, NHC 7391846."}
                                ).status_code == 200
             bad = client.post("/deidentify", json={"text": NOTE, "extra": "Zorbalina"})  # a 422 quotes no input

@@ -99,10 +99,13 @@ output: {tmp_path / "corpus"}
 
     import pyarrow.parquet as pq
 
-    texts = {r["source"]: r["text"] for f in sorted((out / "documents").glob("*.parquet"))
-             for r in pq.read_table(f).to_pylist()}
-    assert "14/03/2019" in texts["publico"]
-    assert "[FECHAS]" in texts.get("notas", "") or notas["documents_out"] == 0
+    texts: dict[str, list[str]] = {}
+    for f in sorted((out / "documents").glob("*.parquet")):
+        for r in pq.read_table(f).to_pylist():
+            texts.setdefault(r["source"], []).append(r["text"])
+    assert ["14/03/2019" in t for t in texts["publico"]] == [True]
+    assert notas["documents_out"] >= 1 and len(texts["notas"]) == notas["documents_out"]
+    assert any("[FECHAS]" in t for t in texts["notas"])
     # no gold identifier the rules cover is in any file the job wrote, documents/ included
     identifiers = _rule_covered_gold(notes)
     assert len(identifiers) >= DOCS

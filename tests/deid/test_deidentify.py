@@ -30,14 +30,31 @@ def test_rules_alone_and_kept_labels():
 
 
 def test_a_kept_label_never_shields_an_identifier():
-    """A sex span (kept) overlapping an identifier span is masked with it, not kept."""
+    """A kept span (the patient's sex) that overlaps an identifier does not keep it: the identifier is
+    masked whole, and the kept span is dropped from ``kept``."""
     class Both(Deidentifier):
         def model_spans(self, texts):
-            return [[Span("SEXO_SUJETO_ASISTENCIA", 0, 20, "", "model")] for _ in texts]
+            return [[Span("SEXO_SUJETO_ASISTENCIA", 0, 13, "", "model")] for _ in texts]
 
-    [result] = Both(DeidConfig(model="rules"))(["varón NHC 4521879 y más"])
-    assert [s.label for s in result.spans] == ["SEXO_SUJETO_ASISTENCIA"] or result.kept == []
-    assert "4521879" not in result.text
+    text = "varón NHC 4521879 y más"
+    [result] = Both(DeidConfig(model="rules"))([text])
+    assert result.text == "varón NHC [ID_SUJETO_ASISTENCIA] y más" and result.kept == []
+    [alone] = Both(DeidConfig(model="rules"))(["varón sin más datos"])
+    assert alone.text == "varón sin más datos" and [s.label for s in alone.kept] == ["SEXO_SUJETO_ASISTENCIA"]
+
+
+def test_rule_spans_that_overlap_are_united_not_dropped():
+    """``find`` keeps one of two overlapping rule spans; the de-identifier unites them all."""
+    text = "Médico: Servicio Dr. Luis  Pérez Gómez"
+    [result] = Deidentifier(DeidConfig(model="rules"))([text])
+    assert "Pérez" not in result.text and "Luis" not in result.text
+
+
+def test_windows_line_endings_do_not_hide_header_fields():
+    text = "Nombre: Pedro.\r\nApellidos: De Miguel Rivera.\r\nPaís: España.\r\nFecha: 14/03/2021\r\n"
+    [result] = Deidentifier(DeidConfig(model="rules"))([text])
+    assert result.text == ("Nombre: [NOMBRE_SUJETO_ASISTENCIA].\r\nApellidos: [NOMBRE_SUJETO_ASISTENCIA].\r\n"
+                           "País: [PAIS].\r\nFecha: [FECHAS]\r\n")
 
 
 def test_leak_rate_counts_a_string_leaked_unless_all_its_characters_are_masked():

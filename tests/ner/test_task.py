@@ -189,6 +189,13 @@ def test_o_weight_weighs_the_o_label_apart_and_f2_can_pick_the_best(rows, robert
     assert f_beta(0.8, 0.9, 1.0) == pytest.approx(2 * 0.72 / 1.7) and f_beta(0.0, 0.0, 2.0) == 0.0
 
 
+def test_the_task_takes_o_weight_and_the_selection_metric(roberta_dir):
+    task = NERTask(str(roberta_dir), ["O", "B-X", "I-X"], o_weight=0.25, select="dev_f2")
+    assert task.target == ("dev_f2", True) and task._weights.tolist() == [0.25, 1.0, 1.0]
+    plain = NERTask(str(roberta_dir), ["O", "B-X", "I-X"])
+    assert plain.target == ("dev_f1", True) and plain._weights is None
+
+
 def test_ner_config_refuses_bad_recall_knobs():
     from galeno.ner.config import NERConfig, NERDataConfig
 

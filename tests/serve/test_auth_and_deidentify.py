@@ -8,7 +8,6 @@ a low rate for the 429.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +93,12 @@ def test_deidentify_replaces_identifiers_with_their_labels(locked):
     for label in ("[ID_SUJETO_ASISTENCIA]", "[FECHAS]", "[NUMERO_TELEFONO]", "[CORREO_ELECTRONICO]"):
         assert label in result["text"]
     assert result["text"].startswith("Paciente con NHC [ID_SUJETO_ASISTENCIA], ingresa el [FECHAS].")
+    rebuilt, at = [], 0  # the masked text is the input with each span replaced by [label], in order
     for span in result["spans"]:
         assert NOTE[span["start"]:span["end"]] == span["text"] and span["by"] != "model"
+        rebuilt += [NOTE[at:span["start"]], f"[{span['label']}]"]
+        at = span["end"]
+    assert "".join(rebuilt) + NOTE[at:] == result["text"]
     # the model's X spans are kept (deid_keep_labels), never where something was replaced
     assert result["kept"] and all(k["label"] == "X" for k in result["kept"])
     assert all(k["end"] <= s["start"] or k["start"] >= s["end"] for k in result["kept"] for s in result["spans"])
@@ -148,4 +151,6 @@ def test_no_keys_only_on_loopback(tmp_path, monkeypatch):
         load_keys(AuthConfig(mode="keys", keys_file=str(bad)))
     monkeypatch.setenv("GALENO_API_KEYS", f"dan:{hash_key('k')}:30")
     assert [(k.name, k.rate_per_minute) for k in load_keys(AuthConfig()).values()] == [("dan", 30.0)]
-    assert os.environ["GALENO_API_KEYS"].count("sha256") == 1
+    monkeypatch.setenv("GALENO_API_KEYS", "dan:k")  # a key, not a hash, in the environment
+    with pytest.raises(ValueError, match="never the key itself"):
+        load_keys(AuthConfig())

@@ -46,7 +46,7 @@ class Shard:
     priority: int
     root: str
     files: tuple[str, ...]
-    deid: bool = False
+    deid: bool = True  # de-identified when the job has a deid model, unless its source opted out
 
 
 def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]:
@@ -120,7 +120,7 @@ class LocalSteps:
         (``deid_failed``) and its text dropped: it never goes on un-masked."""
         if self.deid is None:
             return docs
-        from galeno.inference.batch import each
+        from galeno.runtime import each
 
         todo = [d for d in docs if d.reason is None and d.text.strip()]
         step = self.cfg.deid.batch_size

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from galeno.deid.rules import Span, find
+from galeno.deid.rules import Span, find_all
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,15 @@ class Deidentifier:
     def found(self, texts: Sequence[str]) -> list[list[Span]]:
         """Every span the model and the rules find in each text, as found (overlaps not yet united)."""
         model = self.model_spans(texts)
-        return [[*m, *(find(t) if self.cfg.rules else [])] for t, m in zip(texts, model)]
+        return [[*m, *(find_all(t) if self.cfg.rules else [])] for t, m in zip(texts, model)]
 
     def __call__(self, texts: Sequence[str], *, with_text: bool = False) -> list[Result]:
         """Each text de-identified. ``with_text``: the spans carry the text they replaced (for a caller
         that sent the text, e.g. Serve's answer; never for anything that is stored or logged).
 
-        The spans to replace are united first; a kept label's span (the patient's sex) that overlaps
-        one of them is replaced with it, never kept."""
+        The spans to replace are united first. A kept label's span (the patient's sex) never shields an
+        identifier: where it overlaps a replaced span, the identifier is masked whole and the kept span
+        is left out of ``kept``."""
         keep = set(self.cfg.keep_labels)
         out = []
         for text, found in zip(texts, self.found(texts)):

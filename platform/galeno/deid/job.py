@@ -20,7 +20,8 @@ from typing import Any
 
 from galeno import paths
 from galeno.deid.deidentify import DeidConfig, Deidentifier
-from galeno.inference.batch import PoolConfig, PoolJob, each, run_pool
+from galeno.inference.batch import PoolConfig, PoolJob, run_pool
+from galeno.runtime import each
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def write_text_files(files: list[Path], folder: Path) -> int:
 
 def run(cfg: DeidentifyConfig) -> dict[str, Any]:
     """De-identify every document of ``cfg.sources``; returns (and writes) the manifest."""
-    import json
     import shutil
 
     from galeno.inference.source import resolve_model
@@ -133,16 +133,13 @@ def run(cfg: DeidentifyConfig) -> dict[str, Any]:
     model_dir = paths.absolute(resolve_model(cfg.deid.model, cfg.tracking)) if cfg.deid.uses_model else ""
     from galeno.config import to_dict
 
+    texts = paths.deidentified_text(out)
+    shutil.rmtree(texts, ignore_errors=True)
     job = PoolJob("deidentify", DeidActor, {"cfg": to_dict(cfg.deid), "model_dir": model_dir,
                                             "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
                   paths.deidentified(out), paths.deidentified_manifest(out), _count,
                   lambda counts: {f"replaced_{k}": v for k, v in counts["replacements_total"].items()},
                   {"model": cfg.deid.model, "model_dir": model_dir, "rules": cfg.deid.rules,
-                   "keep_labels": cfg.deid.keep_labels})
-    manifest = run_pool(cfg, job, out)
-    texts = paths.deidentified_text(out)
-    shutil.rmtree(texts, ignore_errors=True)
-    if cfg.text_files:
-        manifest["text_files"] = write_text_files([job.target / f for f in manifest["files"]], texts)
-        job.manifest.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    return manifest
+                   "keep_labels": cfg.deid.keep_labels},
+                  after=(lambda files: {"text_files": write_text_files(files, texts)}) if cfg.text_files else None)
+    return run_pool(cfg, job, out)

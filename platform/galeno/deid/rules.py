@@ -83,7 +83,7 @@ def _rules() -> list[tuple[str, str, re.Pattern[str]]]:
         # the labelled fields of a report's header ("Nombre: Pedro.", "Médico: Ana Ruiz  NºCol: ..."): the value
         # to the end of its line (or, for a doctor, to the next label); whatever the value is, it is the field's
         ("header-name", "NOMBRE_SUJETO_ASISTENCIA",
-         re.compile(rf"^[ \t]*(?:nombre(?:\s+y\s+apellidos)?|apellidos?|paciente){_FIELD}", flags | re.MULTILINE)),
+         re.compile(rf"^[ \t]*(?:nombre(?:\s+(?:y\s+apellidos|del\s+paciente|completo))?|apellidos?){_FIELD}", flags | re.MULTILINE)),
         ("header-doctor", "NOMBRE_PERSONAL_SANITARIO",
          re.compile(r"^[ \t]*(?:m[eé]dico|responsable\s+cl[ií]nico|m[eé]dico\s+responsable)[ \t]*:[ \t]*"
                     r"(?P<id>[^\n]*?)(?=[ \t]*(?:\bn[ºo°.]*\s*col|\s{2,}|\.?[ \t]*$))", flags | re.MULTILINE)),
@@ -92,9 +92,9 @@ def _rules() -> list[tuple[str, str, re.Pattern[str]]]:
          re.compile(rf"^[ \t]*(?:localidad(?:[ \t]*/[ \t]*provincia)?|provincia|municipio){_FIELD}",
                     flags | re.MULTILINE)),
         ("header-country", "PAIS", re.compile(rf"^[ \t]*pa[ií]s(?:\s+de\s+nacimiento)?{_FIELD}", flags | re.MULTILINE)),
-        # a doctor named by title: Dra. María Merino Viveros, Dr. Luis de la Fuente
+        # a doctor named by title: Dra. María Merino Viveros, Dr Luis de la Fuente, DR. ANA RUIZ (up to seven words)
         ("doctor-title", "NOMBRE_PERSONAL_SANITARIO",
-         re.compile(rf"\b(?:Dra?\.|Doctora?)[ \t]+(?P<id>{_NAME}(?:[ \t]+(?:(?:de|del|la|los|las|y)[ \t]+)*{_NAME}){{0,4}})")),
+         re.compile(rf"\b(?i:dra?\.?|doctora?)[ \t]+(?P<id>{_NAME}(?:[ \t]+(?:(?:de|del|la|los|las|y)[ \t]+)*{_NAME}){{0,6}})")),
         ("postal-code-city", "TERRITORIO",
          re.compile(r"\b(?P<id>(?:0[1-9]|[1-4]\d|5[0-2])\d{3})\b(?=,?\s+[A-ZÁÉÍÓÚÑ][a-záéíóúñ]+)")),
     ]
@@ -103,17 +103,25 @@ def _rules() -> list[tuple[str, str, re.Pattern[str]]]:
 RULES = _rules()
 
 
-def find(text: str) -> list[Span]:
-    """Every identifier the rules see in ``text``: non-overlapping spans in text order. Where two
-    rules overlap, the longer span wins (then the rule listed first: fax before phone)."""
+def find_all(text: str) -> list[Span]:
+    """Every match of every rule, overlaps included, in rule order (the de-identifier unites them).
+    Carriage returns are read as spaces, so a line ending ``\r\n`` ends a header field as ``\n`` does
+    (offsets stay those of ``text``)."""
+    view = text.replace("\r", " ")
     found: list[Span] = []
     for name, label, pattern in RULES:
-        for m in pattern.finditer(text):
+        for m in pattern.finditer(view):
             start, end = m.span("id") if "id" in pattern.groupindex else m.span()
             if end > start:
                 found.append(Span(label, start, end, text[start:end], name))
+    return found
+
+
+def find(text: str) -> list[Span]:
+    """Every identifier the rules see in ``text``: non-overlapping spans in text order. Where two
+    rules overlap, the longer span wins (then the rule listed first: fax before phone)."""
     order = {name: i for i, (name, _, _) in enumerate(RULES)}
-    return merge_spans(sorted(found, key=lambda s: (-(s.end - s.start), order[s.rule], s.start)))
+    return merge_spans(sorted(find_all(text), key=lambda s: (-(s.end - s.start), order[s.rule], s.start)))
 
 
 def merge_spans(ranked: Iterable[Span]) -> list[Span]:

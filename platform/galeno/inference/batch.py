@@ -26,13 +26,13 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from galeno import paths
 from galeno.corpus.config import SourceConfig
 from galeno.inference.loading import load_ner, local_source
 from galeno.inference.token_classification import AGGREGATIONS, predict_entities
-from galeno.runtime import RayConfig
+from galeno.runtime import RayConfig, each
 from galeno.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -127,24 +127,6 @@ def _read(shard: dict[str, Any]) -> list[dict[str, Any]]:
             for path in shard["files"] for d in read_file(path, shard["format"], shard["source"], root=shard["root"])]
 
 
-def each(fn: Callable[[list[Any]], list[Any]], items: list[Any], ids: list[str], what: str) -> list[Any]:
-    """``fn(items)``; if the batch fails, ``fn`` on each item alone, ``None`` for an item that fails
-    again: one bad document never fails its batch. Logs ids and exception types, never a text."""
-    try:
-        return list(fn(items))
-    except Exception as err:  # noqa: BLE001
-        log.warning("%s failed on a batch of %d documents (%s); retrying one by one", what, len(items),
-                    type(err).__name__)
-    out: list[Any] = []
-    for item, doc_id in zip(items, ids):
-        try:
-            out += fn([item])
-        except Exception as one:  # noqa: BLE001
-            log.warning("%s failed on document %s (%s)", what, doc_id, type(one).__name__)
-            out.append(None)
-    return out
-
-
 class Tagger:
     """One actor of the pool: the model loaded once, then batches of documents tagged."""
 
@@ -215,6 +197,8 @@ class PoolJob:
     metrics: Callable[[dict[str, Any]], dict[str, float]] = lambda counts: {}
     about: dict[str, Any] = field(default_factory=dict)
     """More manifest fields (the model, ...)."""
+    after: Optional[Callable[[list[Path]], dict[str, Any]]] = None
+    """Run on the written files before the manifest is written and tracked; its fields join the manifest."""
 
 
 def pool_main(prog: str, cls: type, usage: str, flags, run_job: Callable[[Any], dict[str, Any]],
@@ -307,6 +291,8 @@ def _pool_all(cfg: PoolConfig, job: PoolJob, shards: list, out: Path) -> dict[st
         counts = job.count(files)
         n = sum(counts["documents"].values())
         cores = high * cfg.num_cpus
+        if job.after is not None:
+            counts.update(job.after(files))
         manifest = {**job.about, "output": str(job.target), "files": [f.name for f in files], **counts,
                     "documents_total": n, "elapsed_seconds": round(elapsed, 2),
                     "documents_per_second": round(n / elapsed, 3), "actors": [low, high],

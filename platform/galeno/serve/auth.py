@@ -185,11 +185,13 @@ class Auth:
         self.limiter = Limiter(int(settings.get("burst", 1)))
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":  # no websocket routes: refused rather than let through unchecked
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "/")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
+        root = scope.get("root_path", "").rstrip("/")
+        if root and (path == root or path.startswith(root + "/")):
             path = path[len(root):] or "/"
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
@@ -199,10 +201,11 @@ class Auth:
             return await self.error(401, "unauthorized", "this endpoint needs an API key: send the header "
                                     "'Authorization: Bearer <key>'", {"WWW-Authenticate": 'Bearer realm="galeno"'}
                                     )(scope, receive, send)
-        key = self.keys.get(hash_key(token.strip()))
+        digest = hash_key(token.strip())
+        key = self.keys.get(digest)
         if key is None:
             return await self.error(403, "forbidden", "this API key is not valid")(scope, receive, send)
-        wait = self.limiter.take(key["name"], float(key["rate_per_minute"]))
+        wait = self.limiter.take(digest, float(key["rate_per_minute"]))  # per key, even if two share a name
         if wait > 0:
             return await self.error(429, "rate_limited", f"key {key['name']} is over its rate of "
                                     f"{key['rate_per_minute']:g} requests per minute; retry later",
