@@ -5,6 +5,11 @@ dedup finds::
 
     .venv/bin/python benchmarks/neardup_quality.py                      # defaults below
     .venv/bin/python benchmarks/neardup_quality.py --planted 400 --num-cpus 2 minhash.threshold=0.75
+    .venv/bin/python benchmarks/neardup_quality.py --planted 600 --job    # through the whole corpus job
+
+``--job`` runs the whole corpus job (``galeno.corpus.pipeline.run``: the local steps, then document
+dedup, then repeated-sentence removal) on the same documents written as JSONL, one file per source,
+and reads its documents/ and rejected/: what a user gets, not the dedup function alone.
 
 * Distinct documents: MEDDOCAN clinical cases (train + dev, brat ``.txt``) and SciELO
   Spanish titles/abstracts from ``../shared/data``.
@@ -149,14 +154,11 @@ def main() -> None:
     ap.add_argument("--num-partitions", type=int, default=8)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--job", action="store_true", help="run the whole corpus job, not dedup_documents alone")
     ap.add_argument("overrides", nargs="*", help="MinHashConfig overrides: minhash.bands=16 ...")
     args = ap.parse_args()
 
-    import ray
-    import ray.data
-
-    from galeno.corpus.dedup import MinHashConfig, dedup_documents
-    from galeno.corpus.document import Document, to_row
+    from galeno.corpus.dedup import MinHashConfig
 
     fields = {}
     for item in args.overrides:
@@ -186,24 +188,13 @@ def main() -> None:
     similar = truly_similar(distinct_texts, cfg.ngram)
     prep = time.time() - t0
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             _system_config={"num_workers_soft_limit": 4 * args.num_cpus,
-                             "idle_worker_killing_time_threshold_ms": 300_000})
-    ray.data.DataContext.get_current().enable_progress_bars = False
     handler = _RoundsHandler()
     logging.getLogger("galeno.corpus.dedup").addHandler(handler)
     logging.getLogger("galeno.corpus.dedup").setLevel(logging.INFO)
-
-    items = []
-    for src, prio, doc_id, text in rows:
-        sents = [s for s in text.split("\n") if s.strip()]
-        items.append(to_row(Document(id=doc_id, source=src, text=text, sentences=sents,
-                                     n_sentences_in=len(sents)), prio))
-    ds = ray.data.from_items(items, override_num_blocks=2 * args.num_cpus).materialize()
-    t0 = time.time()
-    out = dedup_documents(ds, cfg, args.num_partitions).take_all()
-    wall = time.time() - t0
-    ray.shutdown()
+    if args.job:
+        out, wall, n_items = run_job(rows, cfg, args)
+    else:
+        out, wall, n_items = run_dedup(rows, cfg, args)
 
     rec = {f"{r['source']}:{r['id']}": r for r in out}
     root = {k: (f"{r['duplicate_of_source']}:{r['duplicate_of']}" if r["reason"] else k) for k, r in rec.items()}
@@ -218,13 +209,15 @@ def main() -> None:
     hi_total = sum(v[1] for (lo, _), v in per_band.items() if lo >= 0.8)
 
     distinct = [k for k in distinct_texts if k not in similar]
-    removed = [k for k in distinct if rec[k]["reason"]]
+    # through the job a document may also go for other reasons (language, filters): only dedup counts here
+    removed = [k for k in distinct if rec[k]["reason"] in ("near_duplicate", "exact_duplicate")]
     clusters: Counter = Counter(root[k] for k in distinct)
     merged_pairs = sum(n * (n - 1) // 2 for n in clusters.values())
     n_pairs = len(distinct) * (len(distinct) - 1) // 2
 
     print(f"\n### Near-duplicate quality — `{cfg.tag()}` (num_perm={cfg.num_perm}), "
-          f"{len(items)} docs, {args.num_partitions} partitions, {args.num_cpus} CPUs\n")
+          f"{n_items} docs, {args.num_partitions} partitions, {args.num_cpus} CPUs"
+          f"{', the whole corpus job' if args.job else ''}\n")
     print("| true Jaccard of planted pair | pairs | found | recall |")
     print("|---|---:|---:|---:|")
     for (lo, hi), (f, n) in per_band.items():
@@ -238,12 +231,80 @@ def main() -> None:
     print(f"| documents with a true J >= 0.5 partner (not 'distinct') | {len(similar)} |")
     print(f"| distinct documents removed (FPR) | {len(removed)} ({len(removed) / len(distinct):.4%}) |")
     print(f"| wrongly merged distinct pairs | {merged_pairs} / {n_pairs} ({merged_pairs / n_pairs:.2e}) |")
-    print(f"| documents removed in total | {sum(1 for r in out if r['reason'])} |")
+    print(f"| documents removed as duplicates in total | "
+          f"{sum(1 for r in out if r['reason'] in ('near_duplicate', 'exact_duplicate'))} |")
+    if args.job:
+        print(f"| documents removed for other reasons | "
+              f"{dict(Counter(r['reason'] for r in out if r['reason'] and 'duplicate' not in r['reason']))} |")
     print(f"| connected-component rounds | {handler.rounds} |")
-    print(f"| dedup_documents wall time | {wall:.1f} s ({len(items) / wall:.0f} docs/s) |")
+    print(f"| {'corpus job' if args.job else 'dedup_documents'} wall time | {wall:.1f} s ({n_items / wall:.0f} docs/s) |")
     print(f"| planting + ground truth (single process) | {prep:.1f} s |")
     if removed:
         print("\nremoved distinct documents:", ", ".join(removed[:10]))
+
+
+def run_dedup(rows, cfg, args):
+    """``dedup_documents`` alone on rows made here (one sentence per line)."""
+    import ray
+    import ray.data
+
+    from galeno.corpus.dedup import dedup_documents
+    from galeno.corpus.document import Document, to_row
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             _system_config={"num_workers_soft_limit": 4 * args.num_cpus,
+                             "idle_worker_killing_time_threshold_ms": 300_000})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    items = []
+    for src, prio, doc_id, text in rows:
+        sents = [s for s in text.split("\n") if s.strip()]
+        items.append(to_row(Document(id=doc_id, source=src, text=text, sentences=sents,
+                                     n_sentences_in=len(sents)), prio))
+    ds = ray.data.from_items(items, override_num_blocks=2 * args.num_cpus).materialize()
+    t0 = time.time()
+    out = dedup_documents(ds, cfg, args.num_partitions).take_all()
+    wall = time.time() - t0
+    ray.shutdown()
+    return out, wall, len(items)
+
+
+def run_job(rows, cfg, args):
+    """The whole corpus job on ``rows`` written as JSONL (one file per source, its priority kept)."""
+    import dataclasses
+    import json
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from galeno.corpus.config import CorpusConfig, SourceConfig
+    from galeno.corpus.pipeline import run
+    from galeno.runtime import RayConfig, init_ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = []
+        for src in dict.fromkeys(r[0] for r in rows):
+            path = Path(tmp) / f"{src}.jsonl"
+            with open(path, "w", encoding="utf-8") as fh:
+                for s, prio, doc_id, text in rows:
+                    if s == src:
+                        fh.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+            prio = next(p for s, p, _, _ in rows if s == src)
+            sources.append(SourceConfig(name=src, format="jsonl", path=str(path), priority=prio))
+        job = CorpusConfig(sources=sources, output=str(Path(tmp) / "out"), minhash=dataclasses.replace(cfg),
+                           num_partitions=args.num_partitions, ray=RayConfig(num_cpus=args.num_cpus))
+        job.tracking.enabled = False
+        init_ray(job.ray)
+        t0 = time.time()
+        run(job)
+        wall = time.time() - t0
+        out = []
+        for sub in ("documents", "rejected"):
+            for f in sorted((Path(tmp) / "out" / sub).glob("*.parquet")):
+                for r in pq.read_table(f).to_pylist():
+                    out.append({"source": r["source"], "id": r["id"], "reason": r.get("reason"),
+                                "duplicate_of": r.get("duplicate_of"),
+                                "duplicate_of_source": r.get("duplicate_of_source")})
+    return out, wall, len(rows)
 
 
 if __name__ == "__main__":

@@ -70,10 +70,10 @@ class CorpusConfig:
     """Step 3: language identification (fast model, langdetect where it matters)."""
     filters: FilterConfig = field(default_factory=FilterConfig)
     """Step 4: ill-formed sentence filters."""
-    line_dedup: LineDedupConfig = field(default_factory=LineDedupConfig)
-    """Steps 5-6: repeated sentences, within a source and across corpora."""
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
-    """Steps 5-6: exact and near-duplicate documents (MinHash LSH), globally."""
+    """Step 5: exact and near-duplicate documents (MinHash LSH), globally, dropped whole."""
+    line_dedup: LineDedupConfig = field(default_factory=LineDedupConfig)
+    """Step 6: repeated sentences, within a source and across corpora, in the documents step 5 kept."""
     decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
     """Step 7: drop sentences sharing a long n-gram with an evaluation set."""
     shard_mb: float = 16.0

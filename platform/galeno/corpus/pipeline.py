@@ -7,8 +7,9 @@ Two phases, both Ray Data transformations:
    into shards of ``shard_mb``; each shard's rows are committed atomically as one Parquet file
    named after the shard's files and the config of these steps. An interrupted run resumes at
    shard granularity: committed shards are skipped, nothing is written twice.
-2. **Global** (needs shuffles): repeated sentences within and across corpora, then exact and
-   near-duplicate documents (MinHash LSH, verified pairs, distributed connected components).
+2. **Global** (needs shuffles): exact and near-duplicate documents (MinHash LSH, verified pairs,
+   distributed connected components), dropped whole; then repeated sentences within and across
+   corpora in the documents that remain.
 
 Finally rows are hash-assigned by key to ``output_shards`` files, sorted, and written, so a
 rerun with the same config gives byte-identical Parquet. Every input document ends up exactly
@@ -471,12 +472,14 @@ def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[s
 
     t = time.time()
     ds = ray.data.read_parquet([str(local_dir / f"{s.id}.parquet") for s in shards])
-    if cfg.line_dedup.enabled:
-        # Document dedup reads its input more than once: materialise so the sentence
-        # shuffles run once, not once per reader.
-        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions).materialize()
+    # Whole documents first: a near-copy (a republished page with a date line added and a few words
+    # changed) must go whole, as near_duplicate. Were repeated sentences removed first, the copy would
+    # shrink to the few sentences that differ, no longer be near its original, and survive as a fragment.
     if cfg.minhash.enabled:
-        ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions)
+        # sentence dedup reads its input twice: materialise so the document shuffles run once
+        ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions).materialize()
+    if cfg.line_dedup.enabled:
+        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
     per_source = write_outputs(ds, cfg, out)
     timings["global_and_write"] = time.time() - t
 
