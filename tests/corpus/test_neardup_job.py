@@ -79,3 +79,38 @@ def test_near_copies_are_dropped_whole_by_the_job(planted, tmp_path):
     for n in range(2 * PAIRS, 3 * PAIRS):  # the documents without a copy all stay, whole
         assert f"orig-{n:02d}" in kept
         assert kept[f"orig-{n:02d}"]["n_words"] >= 250
+
+
+#: A footer that varies (an issue number, a date) and that no sentence filter knows as boilerplate.
+BANNER = ("Este artículo forma parte del boletín de la Sociedad Española de Oncología Médica, edición número "
+          "{count} publicada el {date} para sus socios y suscriptores.")
+
+
+def test_fuzzy_line_dedup_drops_boilerplate_that_varies(shared_data, tmp_path):
+    """A footer with a date and a counter differs in every document, so exact sentence dedup keeps it
+    everywhere; with ``line_dedup.fuzzy`` only its first copy (smallest key) stays."""
+    import pyarrow.parquet as pq
+
+    folder = shared_data / "cantemist" / "background"
+    if not folder.is_dir():
+        pytest.skip(f"needs the CANTEMIST background set under {folder}")
+    texts = [p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))[200:212]]
+    lines = [json.dumps({"id": f"page-{n:02d}", "text": t.rstrip() + "\n" + BANNER.format(
+        date=f"{n + 1}/0{n % 9 + 1}/2024", count=1000 + 37 * n)}, ensure_ascii=False) for n, t in enumerate(texts)]
+    (tmp_path / "crawl.jsonl").write_text("\n".join(lines) + "\n")
+    with_banner = {}
+    for fuzzy in (False, True):
+        out = tmp_path / f"out-{fuzzy}"
+        run = subprocess.run([sys.executable, "jobs/clean_corpus.py", "--source", f"crawl=jsonl:{tmp_path / 'crawl.jsonl'}",
+                              "--output", str(out), "ray.num_cpus=2", f"line_dedup.fuzzy={str(fuzzy).lower()}"],
+                             capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        docs = {r["id"]: r["text"] for f in sorted((out / "documents").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+        assert len(docs) == len(texts)  # every page stays: only the banner goes
+        with_banner[fuzzy] = sorted(i for i, t in docs.items() if "boletín de la Sociedad" in t)
+        manifest = json.loads((out / "manifest.json").read_text())
+        dropped = manifest["total"]["sentence_drops"].get("fuzzy_duplicate_line", 0)
+        # with fuzzy on, every banner but the first goes (and perhaps a formulaic clinical sentence)
+        assert (dropped >= len(texts) - 1) if fuzzy else dropped == 0, manifest["total"]["sentence_drops"]
+    assert len(with_banner[False]) == len(texts)
+    assert with_banner[True] == ["page-00"]

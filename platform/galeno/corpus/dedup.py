@@ -31,7 +31,7 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LineDedupConfig", "MinHashConfig", "OUT_COLUMNS", "ROW_SCHEMA",
-    "dedup_sentences", "dedup_documents", "connected_components",
+    "dedup_sentences", "dedup_fuzzy_sentences", "dedup_documents", "connected_components",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,22 @@ class LineDedupConfig:
     """Run sentence-level deduplication."""
     min_words: int = 1
     """Sentences with fewer ``\\w+`` words than this are never deduplicated (short headers, list markers)."""
+    fuzzy: bool = False
+    """Also drop a sentence most of whose word n-grams already appeared earlier in the corpus (the BSC
+    cleaner's ``onion`` idea): boilerplate that varies (a cookie banner with a date, a menu with a
+    counter), which exact sentence dedup misses. Off by default: formulaic clinical sentences share
+    n-grams too (docs/corpus.md reports what it removes on the shared data)."""
+    fuzzy_ngram: int = 5
+    """Words per n-gram of the fuzzy check; a sentence with fewer words is never a fuzzy duplicate."""
+    fuzzy_threshold: float = 0.5
+    """A sentence goes when at least this share of its distinct n-grams appeared before it (in a
+    document with a smaller key, or earlier in its own document)."""
 
     def __post_init__(self) -> None:
         if self.min_words < 0:
             raise ValueError(f"line_dedup.min_words must be >= 0, got {self.min_words}")
+        if self.fuzzy_ngram < 2 or not 0 < self.fuzzy_threshold <= 1:
+            raise ValueError("line_dedup.fuzzy_ngram must be >= 2 and fuzzy_threshold in (0, 1]")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -255,6 +267,93 @@ def dedup_sentences(ds: "ray.data.Dataset", cfg: LineDedupConfig, num_partitions
              .repartition(num_partitions, keys=["h"])
              .map_batches(_mark_line_duplicates, batch_format="pyarrow", batch_size=None))
     return _attach(docs, drops, _LINE_SIDE, num_partitions, _apply_line_drops)
+
+
+# --------------------------------------------------------------------------- fuzzy sentences
+_NGRAM = pa.schema([("g", pa.int64()), ("key", pa.string()), ("pos", pa.int64())])
+_FUZZY_SIDE = pa.schema([("_pos", pa.int64()), ("_seen", pa.int64())])
+
+
+def _sentence_ngrams(sentence: str, n: int) -> np.ndarray:
+    """The distinct word ``n``-gram hashes of a sentence (empty when it has fewer than ``n`` words)."""
+    tokens = words(sentence)
+    if len(tokens) < n:
+        return np.empty(0, dtype=np.int64)
+    return np.unique(shingle_hashes(tokens, n).view(np.int64))
+
+
+def _explode_ngrams(t: pa.Table, n: int) -> pa.Table:
+    """One (n-gram hash, key, position) row per distinct n-gram of each sentence of a kept document."""
+    gs, keys, poss = [], [], []
+    for key, reason, sents in zip(*(t[c].to_pylist() for c in ("key", "reason", "sentences"))):
+        if reason is not None or not sents:
+            continue
+        for i, sentence in enumerate(sents):
+            g = _sentence_ngrams(sentence, n)
+            gs.append(g)
+            keys += [key] * len(g)
+            poss += [i] * len(g)
+    g = np.concatenate(gs) if gs else np.empty(0, dtype=np.int64)
+    return pa.table({"g": pa.array(g, pa.int64()), "key": pa.array(keys, pa.string()),
+                     "pos": pa.array(poss, pa.int64())}, schema=_NGRAM)
+
+
+def _count_seen(t: pa.Table) -> pa.Table:
+    """Per n-gram (whole partition): every occurrence after the first (by key, position) was seen
+    before; returns how many seen n-grams each (key, position) has in this partition."""
+    t = t.take(pc.sort_indices(t, [("g", "ascending"), ("key", "ascending"), ("pos", "ascending")]))
+    starts, _ = _group_starts(_column(t, "g"))
+    later = np.ones(t.num_rows, dtype=bool)
+    later[starts] = False
+    seen = t.filter(pa.array(later)).group_by(["key", "pos"]).aggregate([("g", "count")])
+    return pa.table({"key": seen["key"], "_pos": seen["pos"], "_seen": seen["g_count"]})
+
+
+def _apply_fuzzy_drops(t: pa.Table, n: int, threshold: float) -> pa.Table:
+    """Per document: drop sentences with ``seen / n-grams >= threshold``; reject emptied documents."""
+    docs, side = _split_side(t)
+    seen: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for key, p, k in zip(*(side[c].to_pylist() for c in ("key", "_pos", "_seen"))):
+        seen[key][p] += k
+    touched = pc.and_(pc.is_in(docs["key"], value_set=pa.array(list(seen), pa.string())), pc.is_null(docs["reason"]))
+
+    def update(row: dict) -> None:
+        counts = json.loads(row["sentence_drops"] or "{}")
+        sentences = row["sentences"] or []
+        kept = []
+        for i, sentence in enumerate(sentences):
+            total = len(_sentence_ngrams(sentence, n))
+            if total and seen[row["key"]].get(i, 0) >= threshold * total:
+                counts["fuzzy_duplicate_line"] = counts.get("fuzzy_duplicate_line", 0) + 1
+            else:
+                kept.append(sentence)
+        row["sentence_drops"] = json.dumps(dict(sorted(counts.items())))
+        row["sentences"] = kept
+        if sentences and not kept:
+            row["reason"] = "fuzzy_duplicate_lines"
+
+    return _rebuild(docs, touched, update)
+
+
+def dedup_fuzzy_sentences(ds: "ray.data.Dataset", cfg: LineDedupConfig, num_partitions: int) -> "ray.data.Dataset":
+    """Drop sentences most of whose word n-grams appeared earlier in the corpus (``cfg.fuzzy``).
+
+    Every distinct ``cfg.fuzzy_ngram``-gram of every sentence of a kept document is a row; one
+    shuffle by n-gram finds, for each, its first occurrence (smallest key, then position), and
+    every other occurrence counts as seen for its sentence. A second shuffle by document key
+    brings the counts home: a sentence whose seen n-grams reach ``cfg.fuzzy_threshold`` of its
+    own is dropped as ``fuzzy_duplicate_line``; a document left with none is rejected as
+    ``fuzzy_duplicate_lines``. The first copy of a varying banner keeps it; later ones lose it.
+    """
+    _check_partitions(num_partitions)
+    docs = ds.map_batches(_conform, fn_kwargs={"schema": ROW_SCHEMA}, batch_format="pyarrow")
+    if not cfg.fuzzy:
+        return docs
+    seen = (docs.map_batches(_explode_ngrams, fn_kwargs={"n": cfg.fuzzy_ngram}, batch_format="pyarrow")
+            .repartition(num_partitions, keys=["g"])
+            .map_batches(_count_seen, batch_format="pyarrow", batch_size=None))
+    return _attach(docs, seen, _FUZZY_SIDE, num_partitions,
+                   partial(_apply_fuzzy_drops, n=cfg.fuzzy_ngram, threshold=cfg.fuzzy_threshold))
 
 
 # --------------------------------------------------------------------------- documents

@@ -451,7 +451,7 @@ def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
 def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[str, Any]:
     import ray.data
 
-    from galeno.corpus.dedup import dedup_documents, dedup_sentences
+    from galeno.corpus.dedup import dedup_documents, dedup_fuzzy_sentences, dedup_sentences
     from galeno.corpus.report import write_manifest_and_report
     from galeno.runtime import init_ray
 
@@ -480,6 +480,8 @@ def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[s
         ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions).materialize()
     if cfg.line_dedup.enabled:
         ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
+        if cfg.line_dedup.fuzzy:
+            ds = dedup_fuzzy_sentences(ds.materialize(), cfg.line_dedup, cfg.num_partitions)
     per_source = write_outputs(ds, cfg, out)
     timings["global_and_write"] = time.time() - t
 
