@@ -197,7 +197,8 @@ def main() -> None:
         out, wall, n_items = run_dedup(rows, cfg, args)
 
     rec = {f"{r['source']}:{r['id']}": r for r in out}
-    root = {k: (f"{r['duplicate_of_source']}:{r['duplicate_of']}" if r["reason"] else k) for k, r in rec.items()}
+    dup = ("near_duplicate", "exact_duplicate")
+    root = {k: (f"{r['duplicate_of_source']}:{r['duplicate_of']}" if r["reason"] in dup else k) for k, r in rec.items()}
     per_band = {b: [0, 0] for b in BANDS}
     for copy_key, (base_key, j) in truth.items():
         found = rec[copy_key]["reason"] in ("near_duplicate", "exact_duplicate") and root[copy_key] == root[base_key]
