@@ -165,7 +165,7 @@ def test_eval_sums_add_up_to_the_entity_scores(rows, roberta_dir, tmp_path):
 def test_o_weight_weighs_the_o_label_apart_and_f2_can_pick_the_best(rows, roberta_tokenizer):
     """With o_weight the loss is torch's class-weighted cross-entropy (O weighs less, the mean stays a
     weighted mean); without it the model's own loss is used. F2 weighs recall twice."""
-    from galeno.ner.task import f_beta
+    from galeno.ner.metrics import f_beta
 
     _, labels, encoded = rows
     task = NERTask.__new__(NERTask)  # the constructor loads a model folder's tokenizer; set what is used

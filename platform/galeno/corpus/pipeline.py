@@ -412,9 +412,10 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     handover.clear(out)
     deid_dir, deid_digest = _deid_model(cfg)
+    tag = local_tag(cfg, deid_digest)
     with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{out.name}",
-                 tags={"galeno.local_tag": local_tag(cfg, deid_digest)}) as tracker:
-        manifest = _run(cfg, deid_dir, deid_digest)
+                 tags={"galeno.local_tag": tag}) as tracker:
+        manifest = _run(cfg, tag, deid_dir)
         # per-corpus counts (words_out is the token count of the report), drops by reason, timings
         tracker.log_metrics(flat_metrics({"total": manifest["total"], "source": manifest["sources"],
                                           "seconds": manifest["stage_seconds"]}))
@@ -448,7 +449,8 @@ def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
     return model_dir, model_digest(model_dir)
 
 
-def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[str, Any]:
+def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
+    """The job's work; ``tag`` is :func:`local_tag` (the committed local shards it may reuse)."""
     import ray.data
 
     from galeno.corpus.dedup import dedup_documents, dedup_fuzzy_sentences, dedup_sentences
@@ -461,12 +463,12 @@ def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[s
     timings: dict[str, float] = {}
 
     shards = plan_shards(cfg.sources, cfg.shard_mb)
-    local_dir = paths.corpus_local_shards(out, local_tag(cfg, deid_digest))
+    local_dir = paths.corpus_local_shards(out, tag)
     log.info("corpus: %d sources, %d shards -> %s", len(cfg.sources), len(shards), out)
     t = time.time()
     if cfg.deid.enabled:
-        log.info("corpus: de-identifying %s with %s%s first", ", ".join(s.name for s in cfg.sources if s.deid) or "no source",
-                 cfg.deid.model, " and the rules" if cfg.deid.rules and cfg.deid.uses_model else "")
+        log.info("corpus: de-identifying %s with %s first", ", ".join(s.name for s in cfg.sources if s.deid),
+                 cfg.deid.describe())
     resume_info = run_local_phase(cfg, shards, local_dir, deid_dir)
     timings["local"] = time.time() - t
 
@@ -489,7 +491,7 @@ def _run(cfg: CorpusConfig, deid_dir: str = "", deid_digest: str = "") -> dict[s
         "galeno_version": __version__,
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
-        "local_tag": local_tag(cfg, deid_digest),
+        "local_tag": tag,
         "sources": per_source,
         "elapsed_seconds": round(time.time() - t0, 2),
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},

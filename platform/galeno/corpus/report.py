@@ -64,8 +64,7 @@ def render_report(manifest: dict[str, Any], cfg: CorpusConfig) -> str:
             lines.append(f"| {r} | " + " | ".join(row) + f" | {manifest['total'][key].get(r, 0):,} |")
     if cfg.deid.enabled:
         opted_out = [s.name for s in cfg.sources if not s.deid]
-        lines += ["", f"De-identified with `{cfg.deid.model}`" + (" and the rules" if cfg.deid.rules and cfg.deid.uses_model
-                                                                  else "") + f": {manifest['total'].get('deid_documents', 0):,} "
+        lines += ["", f"De-identified with {cfg.deid.describe()}: {manifest['total'].get('deid_documents', 0):,} "
                   "documents, before every other step." + (f" Opted out: {', '.join(opted_out)}." if opted_out else "")]
     return "\n".join(lines) + "\n"
 

@@ -62,6 +62,10 @@ class DeidConfig:
     def uses_model(self) -> bool:
         return bool(self.model) and self.model != "rules"
 
+    def describe(self) -> str:
+        """What runs, for logs and reports: ``models:/…@champion and the rules``, or ``rules``."""
+        return f"{self.model} and the rules" if self.rules and self.uses_model else self.model
+
 
 def unite(spans: Iterable[Span]) -> list[Span]:
     """Overlapping (or touching-inside) spans merged into one covering span, in text order; the

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from galeno import paths
+from galeno.config import to_dict
 from galeno.deid.deidentify import DeidConfig, Deidentifier
 from galeno.inference.batch import PoolConfig, PoolJob, run_pool
 from galeno.runtime import each
@@ -131,8 +132,6 @@ def run(cfg: DeidentifyConfig) -> dict[str, Any]:
         raise ValueError("give --model (a de-identification model, or 'rules' for the rules alone)")
     out = Path(paths.absolute(cfg.output))
     model_dir = paths.absolute(resolve_model(cfg.deid.model, cfg.tracking)) if cfg.deid.uses_model else ""
-    from galeno.config import to_dict
-
     texts = paths.deidentified_text(out)
     shutil.rmtree(texts, ignore_errors=True)
     job = PoolJob("deidentify", DeidActor, {"cfg": to_dict(cfg.deid), "model_dir": model_dir,

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from galeno.inference.loading import load_ner, local_source
 from galeno.inference.token_classification import predict_tags
 from galeno.ner.data import NERDocument, sentences_to_entities, write_brat
-from galeno.ner.metrics import entity_scores, span_scores
+from galeno.ner.metrics import entity_scores, f_beta, span_scores
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ def write_predictions_table(docs: Sequence[NERDocument], predicted: Sequence[Seq
 
 def summary(result: dict[str, Any]) -> dict[str, float]:
     """The headline numbers as flat metrics (``dev_f1`` is seqeval default mode)."""
-    out = {"dev_f1": result["default"]["f1"], "dev_precision": result["default"]["precision"],
-           "dev_recall": result["default"]["recall"], "dev_f1_strict": result["strict"]["f1"]}
+    default = result["default"]
+    out = {"dev_f1": default["f1"], "dev_precision": default["precision"], "dev_recall": default["recall"],
+           "dev_f2": f_beta(default["precision"], default["recall"], 2.0), "dev_f1_strict": result["strict"]["f1"]}
     if "span" in result:
         out["dev_span_f1"] = result["span"]["f1"]
     return out

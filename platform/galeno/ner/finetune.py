@@ -248,11 +248,7 @@ def _format(cfg: NERConfig) -> str:
 
 
 def _aggregate(cfg: NERConfig, seeds: list[dict[str, Any]], data: dict[str, Any], elapsed: float) -> dict[str, Any]:
-    from galeno.ner.task import f_beta
-
     f1 = [s["dev_f1"] for s in seeds]
-    for s in seeds:
-        s["dev_f2"] = f_beta(s["dev_precision"], s["dev_recall"], 2.0)
     best = max(seeds, key=lambda s: s[cfg.select])  # the seed registered: by the metric that picked its step
     return {"task": cfg.task, "model": cfg.model, "init": cfg.init, "seeds": seeds,
             "dev_f1_mean": statistics.fmean(f1), "dev_f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,

@@ -40,6 +40,12 @@ def prf(correct: int, predicted: int, support: int) -> dict[str, Any]:
             "support": support, "predicted": predicted, "correct": correct}
 
 
+def f_beta(precision: float, recall: float, beta: float) -> float:
+    """F-beta: recall weighs beta times as much as precision (F1 at beta 1)."""
+    b2 = beta * beta
+    return (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
+
+
 def _score(gold: Iterable[tuple[str, Hashable]], pred: Iterable[tuple[str, Hashable]]) -> dict[str, Any]:
     """Micro and per-type scores of ``(type, key)`` items; equal keys of the same type match."""
     gold_counts, pred_counts = Counter(gold), Counter(pred)

@@ -26,7 +26,7 @@ from torch import nn
 from galeno.inference.align import IGNORE, encode_sentences, stitch, word_predictions
 from galeno.inference.loading import load_tokenizer
 from galeno.inference.text import Sentence
-from galeno.ner.metrics import MODES, entity_scores, prf
+from galeno.ner.metrics import MODES, entity_scores, f_beta, prf
 
 log = logging.getLogger(__name__)
 
@@ -281,12 +281,6 @@ class NERTask:
         self.tokenizer.save_pretrained(out_dir)
 
     save_best = export
-
-
-def f_beta(precision: float, recall: float, beta: float) -> float:
-    """F-beta: recall weighs beta times as much as precision (F1 at beta 1)."""
-    b2 = beta * beta
-    return (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
 
 
 def steps_per_epoch(windows: int, global_batch: int) -> int:

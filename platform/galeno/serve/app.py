@@ -200,14 +200,18 @@ class FillMask(_ModelDeployment):
         return await self._batch(items)
 
 
-@serve.deployment(name="NER")
-class NER(_ModelDeployment):
-    """The token classifier: ``predict((texts, strategy))`` → ``{"result": [entities per text], "model"}``."""
-
-    kind = "ner"
+class _TokenClassifier(_ModelDeployment):
+    """A deployment that serves a token-classification model (NER, Deidentify)."""
 
     def _load(self, source, max_length, quantize, dtype, runtime):
         return load_ner(source, max_length, self.want_gpu, quantize, dtype, runtime)
+
+
+@serve.deployment(name="NER")
+class NER(_TokenClassifier):
+    """The token classifier: ``predict((texts, strategy))`` → ``{"result": [entities per text], "model"}``."""
+
+    kind = "ner"
 
     def _run(self, loaded, items):
         return predict_entities(loaded, items, stride=int(self.settings.get("stride", 32)), chunk=self.chunk,
@@ -219,14 +223,11 @@ class NER(_ModelDeployment):
 
 
 @serve.deployment(name="Deidentify")
-class Deidentify(_ModelDeployment):
+class Deidentify(_TokenClassifier):
     """De-identification: ``predict(texts)`` → ``{"result": [{text, spans, kept} per text], "model"}``;
     the model's entities and the rules' spans united, each replaced by ``[LABEL]`` (galeno.deid)."""
 
     kind = "deidentify"
-
-    def _load(self, source, max_length, quantize, dtype, runtime):
-        return load_ner(source, max_length, self.want_gpu, quantize, dtype, runtime)
 
     def _run(self, loaded, items):
         from galeno.deid.deidentify import DeidConfig, Deidentifier
