@@ -41,6 +41,11 @@ class ModelConfig:
     """Pad the embedding matrix to a multiple of this (tensor-core friendly); export trims it back."""
     attention: str = "sdpa"
     """Attention kernel: ``sdpa`` (PyTorch scaled_dot_product_attention; memory-efficient kernel on V100) or ``eager``."""
+    init_from: str = ""
+    """Continual pretraining: a Hugging Face masked-LM or encoder checkpoint (a folder, a pretraining output folder
+    or a ``models:/`` URI) to start from, with its own tokenizer; the architecture fields above are then read from
+    it. An encoder without an MLM head (a BERT saved as ``BertModel``) gets a fresh, seeded head. Empty: random
+    weights of the architecture above."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -219,7 +224,7 @@ class PretrainConfig:
     """MLflow run of the job and registration of the model as galeno-mlm (docs/mlflow.md)."""
 
     def __post_init__(self) -> None:
-        if self.model.max_position_embeddings < self.data.seq_len + 2:
+        if not self.model.init_from and self.model.max_position_embeddings < self.data.seq_len + 2:
             raise ValueError(
                 f"model.max_position_embeddings {self.model.max_position_embeddings} < data.seq_len "
                 f"{self.data.seq_len} + 2 (RoBERTa positions start after the padding id)")

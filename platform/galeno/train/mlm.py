@@ -8,6 +8,7 @@ the vocabulary projection, the largest matrix of a 52k-vocabulary base model.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -15,9 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from galeno.inference.forward import mlm_parts
 from galeno.train.config import ModelConfig
 
 IGNORE = -100
+
+log = logging.getLogger(__name__)
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, *, mask_id: int, vocab_size: int,
@@ -46,16 +50,17 @@ def pad_batch(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, t
 
 
 class MaskedLM(nn.Module):
-    """A Hugging Face ``RobertaForMaskedLM`` whose forward computes the loss on selected positions only."""
+    """A Hugging Face masked LM (RoBERTa, BERT, ...) whose forward computes the loss on selected positions only."""
 
     def __init__(self, hf: nn.Module):
         super().__init__()
         self.hf = hf
 
     def forward(self, input_ids, attention_mask, labels):
-        hidden = self.hf.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        encoder, head = mlm_parts(self.hf)
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         selected = labels.ne(IGNORE)
-        logits = self.hf.lm_head(hidden[selected])
+        logits = head(hidden[selected])
         target = labels[selected]
         loss_sum = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
         correct = (logits.argmax(-1) == target).sum()
@@ -75,6 +80,31 @@ def build_roberta(model: ModelConfig, vocab_size: int, pad_id: int, bos_id: int,
         layer_norm_eps=1e-5)
     config._attn_implementation = model.attention
     return RobertaForMaskedLM(config)
+
+
+def load_masked_lm(path: str, seed: int, dropout: float | None = None):
+    """A Hugging Face checkpoint as a masked LM, for continual pretraining (``model.init_from``).
+
+    Returns ``(model, new)``: ``new`` names the weights the checkpoint lacked, freshly initialised from
+    ``seed`` (the MLM head of an encoder saved without one, such as a sentence-transformers BERT).
+    """
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    torch.manual_seed(seed)
+    hf, info = AutoModelForMaskedLM.from_pretrained(path, config=config, local_files_only=True,
+                                                    output_loading_info=True)
+    new = sorted(k for k in info["missing_keys"] if not _tied(k))
+    return hf, new
+
+
+def _tied(key: str) -> bool:
+    """The output projection is tied to the input embeddings: never missing in substance."""
+    return key.endswith(("decoder.weight", "decoder.bias"))
 
 
 def transformer_flops_per_token(n_params_non_embedding: int, num_layers: int, hidden: int, seq_len: int) -> float:
@@ -106,6 +136,15 @@ class MLMTask:
 
     def build_model(self) -> nn.Module:
         tok = self.tokenizer
+        if self.model_cfg.init_from:
+            hf, new = load_masked_lm(self.model_cfg.init_from, self.seed, self.model_cfg.dropout)
+            if new:
+                log.info("continual pretraining from %s: %d tensors not in the checkpoint, initialised fresh "
+                         "(seed %d): %s", self.model_cfg.init_from, len(new), self.seed, ", ".join(new[:6]))
+            if hf.get_input_embeddings().num_embeddings < len(tok):
+                raise ValueError(f"{self.model_cfg.init_from}: {hf.get_input_embeddings().num_embeddings} embeddings "
+                                 f"for a tokenizer of {len(tok)}")
+            return MaskedLM(hf)
         hf = build_roberta(self.model_cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, self.seed)
         return MaskedLM(hf)
 
@@ -140,13 +179,12 @@ class MLMTask:
         hf = model.hf
         embed = sum(p.numel() for n, p in hf.named_parameters() if "embeddings" in n)
         non_embed = sum(p.numel() for p in hf.parameters()) - embed
-        cfg = self.model_cfg
-        return transformer_flops_per_token(non_embed, cfg.num_layers, cfg.hidden_size, self.seq_len)
+        return transformer_flops_per_token(non_embed, hf.config.num_hidden_layers, hf.config.hidden_size, self.seq_len)
 
     def export(self, model: nn.Module, out_dir: str) -> None:
         """Hugging Face directory: trimmed vocabulary, tied weights, tokenizer; loads in AutoModelForMaskedLM."""
         hf = model.hf
         hf.resize_token_embeddings(len(self.tokenizer))
-        hf.config.architectures = ["RobertaForMaskedLM"]
+        hf.config.architectures = [type(hf).__name__]
         hf.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)

@@ -48,6 +48,15 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)  # never reach for the Hub
 
 
+def sequence_ends(tok) -> tuple[int, int]:
+    """The ids that open and close a sequence: <s> and </s> (RoBERTa), or [CLS] and [SEP] (BERT)."""
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    if bos is None or eos is None:
+        raise ValueError(f"tokenizer {tok.name_or_path} has neither <s>/</s> nor [CLS]/[SEP] tokens")
+    return bos, eos
+
+
 def pack_units(units: Iterable[tuple[str, list[list[int]]]], max_content: int, bos: int, eos: int,
                cross_documents: bool) -> Iterator[dict[str, Any]]:
     """Greedy packing of documents (a list of token-id sentences each) into sequences.
@@ -114,7 +123,7 @@ def pack_batch(batch: dict[str, np.ndarray], cfg: dict[str, Any]):
         groups.setdefault((split, source), []).append((f"{source}/{doc_id}", ids))
     cross = data.pack_mode == "full_sentences"
     for (split, source), units in groups.items():
-        for row in pack_units(units, max_content, tok.bos_token_id, tok.eos_token_id, cross):
+        for row in pack_units(units, max_content, *sequence_ends(tok), cross):
             _add(out, row, split, source, "")
     return pa.table({
         "input_ids": pa.array(out["input_ids"], type=pa.list_(pa.int32())),

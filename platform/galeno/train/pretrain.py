@@ -115,7 +115,7 @@ def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra:
     model = task.build_model()
     state = consolidated_state_dict(checkpoint_dir, CHECKPOINT_TAG)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.decoder.weight")]  # tied to the embeddings
+    missing = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]  # tied to the embeddings
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     out = Path(out_dir)
@@ -137,8 +137,10 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     from galeno.train.packing import pack_corpus, packing_identity, packing_tag
 
     t0 = time.time()
+    given = cfg.model.init_from
     cfg = absolute_paths(cfg)
     handover.read(cfg.data.corpus, handover.CorpusOutputs)  # a missing corpus fails now, not after Ray starts
+    base = check_init_from(cfg, given)
     if not cfg.data.tokenizer:
         raise handover.HandoverError("no tokenizer given: name the output folder of jobs/train_tokenizer.py, or any "
                                      "Hugging Face tokenizer or model folder (data.tokenizer=DIR; jobs/pipeline.py "
@@ -154,14 +156,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                          f"micro batch per worker")
     storage = cfg.trainer.storage_path or str(paths.train_storage(cfg.output))
     resumption = resume.prepare(cfg.output, [f"{storage}/{cfg.name}", paths.local_checkpoints(cfg.output)],
-                                {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "packed": manifest["tag"],
+                                {"model": to_dict(cfg.model), "base": base, "optim": to_dict(cfg.optim),
+                                 "packed": manifest["tag"],
                                  "mlm_probability": cfg.data.mlm_probability,
                                  "trainer": resume.trainer_identity(cfg.trainer), "code": code_digest("galeno.train")},
                                 cfg.trainer.resume, f"pretraining run {cfg.name}",
                                 run_files=(paths.metrics_log(cfg.output), paths.mlflow_run_file(cfg.output)))
     notes += [resumption.note] if resumption.note else []
     lineage = {"config_hash": config_hash(cfg), "packing_tag": manifest["tag"],
-               "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"]}
+               "tokenizer_hash": manifest["tokenizer_hash"], "corpus_manifest_hash": manifest["corpus_manifest_hash"],
+               **base}
     with job_run(cfg.tracking, "pretrain", cfg.output, to_dict(cfg), run_name=cfg.name, tags=lineage) as tracker:
         _log_inputs(tracker, cfg, manifest, packed)
         streamed = tracker.run_id is not None or cfg.trainer.launcher == "local"
@@ -236,16 +240,52 @@ def _register(cfg: PretrainConfig, model_dir: Path, tracker, last: dict[str, Any
 
 def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Workers start in their own directory: hand them absolute paths (URIs such as s3:// stay as they are),
-    registry URIs resolved to local folders and the tracking store's absolute URI."""
+    registry URIs resolved to local folders and the tracking store's absolute URI (``model.init_from`` too)."""
     from galeno.inference.source import resolve_model
     from galeno.tracking import resolved
 
     tracking = resolved(cfg.tracking)
+    model = cfg.model
+    if model.init_from:
+        model = dataclasses.replace(model, init_from=paths.absolute(resolve_model(model.init_from, tracking)))
     # a registered model's folder holds its tokenizer: models:/galeno-mlm@champion is a tokenizer too
-    tokenizer = paths.absolute(handover.tokenizer_folder(resolve_model(cfg.data.tokenizer, tracking)))
+    tokenizer = paths.absolute(handover.tokenizer_folder(resolve_model(cfg.data.tokenizer, tracking))) \
+        if cfg.data.tokenizer else model.init_from  # continual pretraining: the base model's own tokenizer
     data = dataclasses.replace(cfg.data, corpus=paths.absolute(cfg.data.corpus), tokenizer=tokenizer)
     trainer = dataclasses.replace(cfg.trainer, storage_path=paths.absolute(cfg.trainer.storage_path))
-    return dataclasses.replace(cfg, output=paths.absolute(cfg.output), data=data, trainer=trainer, tracking=tracking)
+    return dataclasses.replace(cfg, output=paths.absolute(cfg.output), data=data, model=model, trainer=trainer,
+                               tracking=tracking)
+
+
+def check_init_from(cfg: PretrainConfig, given: str) -> dict[str, Any]:
+    """A continual run's base model (``given``: as the user named it; ``cfg``: resolved): it must exist, hold a tokenizer, be the tokenizer the run packs with,
+    and have positions for ``data.seq_len``. Returns its lineage (``base_model``, ``base_model_digest``,
+    ``base_model_version`` for a registry URI), empty for a run from random weights."""
+    from galeno.hashing import model_digest
+    from galeno.train.packing import tokenizer_digest
+
+    folder = cfg.model.init_from
+    if not folder:
+        return {}
+    if not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(f"model.init_from={given}: no Hugging Face model in {folder} (config.json)")
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"model.init_from={given}: {folder} has no tokenizer.json; continual "
+                                "pretraining uses the base model's own tokenizer")
+    if Path(cfg.data.tokenizer).resolve() != Path(folder).resolve() and \
+            tokenizer_digest(cfg.data.tokenizer) != tokenizer_digest(folder):
+        raise ValueError(f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of model.init_from={given}: "
+                         "a checkpoint continues with its own vocabulary (leave data.tokenizer empty)")
+    config = json.loads((Path(folder) / "config.json").read_text())
+    positions = config.get("max_position_embeddings", 0)
+    offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0  # positions after padding
+    if positions and positions < cfg.data.seq_len + offset:
+        raise ValueError(f"data.seq_len {cfg.data.seq_len} does not fit model.init_from={given}: "
+                         f"{positions} positions")
+    lineage = {"base_model": given, "base_model_digest": model_digest(folder)}
+    if given.startswith("models:/"):
+        lineage["base_model_version"] = f"{Path(folder).parent.parent.parent.name}/{Path(folder).parent.parent.name}"
+    return lineage
 
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
