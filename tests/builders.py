@@ -83,6 +83,26 @@ def tiny_models(root: Path) -> dict[str, Path]:
     return out
 
 
+def untrained_roberta(out: Path, texts: list[str]) -> Path:
+    """A randomly initialised 2 x 64 RoBERTa MLM with a 2,000-token BPE trained on ``texts``: the "untrained
+    model" an NER fine-tune has to beat."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=2000, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save(str(out / "bpe.json"))
+    RobertaTokenizerFast(tokenizer_file=str(out / "bpe.json"), model_max_length=64).save_pretrained(out)
+    (out / "bpe.json").unlink()
+    config = RobertaConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=128, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2)
+    RobertaForMaskedLM(config).save_pretrained(out)
+    return out
+
+
 def random_tagger(like: Path, out: Path) -> Path:
     """An untrained tagger with five labels whose answers vary with the context, its logits spread wide so that
     the rounding of another batch's padding cannot flip an argmax."""

@@ -32,25 +32,11 @@ SLICE = 2000  # training sentences
 @pytest.fixture(scope="module")
 def untrained(shared_data, tmp_path_factory) -> Path:
     """A randomly initialised tiny RoBERTa MLM with a BPE tokenizer trained on the training slice."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
-
     from galeno.ner.data import read_conll
+    from tests.builders import untrained_roberta
 
     docs, _ = read_conll(shared_data / "pharmaconer" / "train.conll")
-    texts = [s.text for d in docs for s in d.sentences][:SLICE]
-    out = tmp_path_factory.mktemp("tiny-roberta")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=2000, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save(str(out / "bpe.json"))
-    RobertaTokenizerFast(tokenizer_file=str(out / "bpe.json"), model_max_length=64).save_pretrained(out)
-    (out / "bpe.json").unlink()
-    config = RobertaConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=128, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
-                           eos_token_id=2)
-    RobertaForMaskedLM(config).save_pretrained(out)
-    return out
+    return untrained_roberta(tmp_path_factory.mktemp("tiny-roberta"), [s.text for d in docs for s in d.sentences][:SLICE])
 
 
 ONE_WORKER_CONSTANT_LR = ("optim.lr=1e-3", "optim.schedule=constant", "trainer.global_batch=32",

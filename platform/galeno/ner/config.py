@@ -43,6 +43,9 @@ class NERDataConfig:
     """Training data: a CoNLL file, a brat folder or glob (NAME.txt + NAME.ann), or i2b2 XML files."""
     dev: str = "../shared/data/pharmaconer/dev.conll"
     """Dev data, same formats: model selection and the reported scores (there is no test split)."""
+    extra_dev: list[str] = field(default_factory=list)
+    """Further evaluation sets (the same formats), scored with each seed's selected model and reported beside dev
+    under their folder or file name (CANTEMIST's dev2: ``dev2_f1``, ``dev2_span_f1``); never used for selection."""
     format: str = ""
     """conll, brat or i2b2xml; empty: from the file extensions."""
     max_length: int = 512
@@ -75,6 +78,17 @@ class NERDataConfig:
             raise ValueError("data.max_length must be >= 8, stride and train_sentences >= 0")
         if not 0 < self.empty_fraction <= 1:
             raise ValueError("data.empty_fraction must be in (0, 1]")
+        names = extra_dev_names(self.extra_dev)
+        if len(set(names)) != len(names) or "dev" in names:
+            raise ValueError(f"data.extra_dev: the sets need distinct names other than dev, got {names}")
+
+
+def extra_dev_names(sets: list[str]) -> list[str]:
+    """What each extra evaluation set is called in the results: its file or folder name, without extension."""
+    import re
+    from pathlib import PurePath
+
+    return [re.sub(r"\W+", "_", PurePath(p.rstrip("/")).stem).strip("_").lower() or "extra" for p in sets]
 
 
 @dataclass

@@ -86,6 +86,9 @@ class NERDocument:
     text: str
     entities: list[Entity] = field(default_factory=list)
     sentences: list[Sentence] = field(default_factory=list)
+    annotated: list[Entity] = field(default_factory=list)
+    """Every distinct annotation as read (nested and overlapping ones included, spans trimmed): the gold of
+    the shared tasks' character-span metric, which BIO tags cannot hold in full."""
 
 
 # --------------------------------------------------------------------------- BIO
@@ -194,7 +197,8 @@ def make_document(doc_id: str, text: str, entities: Iterable[Entity],
             sentences[n].tags[i] = ("I-" if k > first else "B-") + entity.label
             k += 1
     stats.update(documents=1, sentences=len(sentences), tokens=len(token_starts), entities=len(kept))
-    return NERDocument(doc_id, text, kept, sentences), _counts(stats)
+    annotated = sorted({e for e in checked if e is not None})
+    return NERDocument(doc_id, text, kept, sentences, annotated), _counts(stats)
 
 
 # --------------------------------------------------------------------------- sources

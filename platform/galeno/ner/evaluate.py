@@ -28,7 +28,7 @@ def score(docs: Sequence[NERDocument], predicted: Sequence[Sequence[str]], fmt: 
     gold = [s.tags for s in sentences]
     result: dict[str, Any] = {mode: entity_scores(gold, predicted, mode) for mode in ("default", "strict")}
     if fmt in ("brat", "i2b2xml"):
-        result["span"] = span_scores([e for d in docs for e in d.entities],
+        result["span"] = span_scores([e for d in docs for e in (d.annotated or d.entities)],
                                      sentences_to_entities(sentences, predicted))
     return result
 

@@ -35,6 +35,7 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     """Read train and dev, build the label map, encode both into windows; returns the data manifest."""
     from galeno.hashing import file_hash
     from galeno.inference.align import label_map, window_stats
+    from galeno.ner.config import extra_dev_names
     from galeno.ner.data import read_ner
     from galeno.inference.loading import load_tokenizer
     from galeno.ner.task import encode_rows, write_rows
@@ -42,6 +43,7 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     fmt = cfg.data.format or None
     train_docs, train_stats = read_ner(cfg.data.train, fmt)
     dev_docs, dev_stats = read_ner(cfg.data.dev, fmt)
+    extra = {name: read_ner(path, fmt) for name, path in zip(extra_dev_names(cfg.data.extra_dev), cfg.data.extra_dev)}
     train = [s for d in train_docs for s in d.sentences]
     if cfg.data.train_sentences:
         train = train[:cfg.data.train_sentences]
@@ -61,18 +63,37 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
         log.warning("entity types in dev but not in train (never learned): %s", dev_only)
     label2id = {t: i for i, t in enumerate(labels)}
     tokenizer = load_tokenizer(model_dir)
-    rows = {"train": encode_rows(tokenizer, train, label2id, cfg.data.max_length, cfg.data.stride),
-            "dev": encode_rows(tokenizer, dev, label2id, cfg.data.max_length, cfg.data.stride)}
+    max_length = usable_length(model_dir, tokenizer, cfg.data.max_length)
+    rows = {"train": encode_rows(tokenizer, train, label2id, max_length, cfg.data.stride),
+            "dev": encode_rows(tokenizer, dev, label2id, max_length, cfg.data.stride)}
     files = {split: str(write_rows(r, paths.ner_data(out, split))) for split, r in rows.items()}
     manifest = {"labels": labels, "files": files, "train_stats": train_stats, "dev_stats": dev_stats,
                 "train_sentences": len(train), "dev_sentences": len(dev), "dev_only_types": dev_only,
                 "train_empty_dropped": empty_dropped,
+                "extra_dev": {name: {"path": path, "stats": stats, "sentences": sum(len(d.sentences) for d in docs)}
+                              for (name, (docs, stats)), path in zip(extra.items(), cfg.data.extra_dev)},
                 "windows": {split: window_stats(_as_windows(r)) for split, r in rows.items()},
                 "digests": {split: file_hash(path, 16) for split, path in files.items()}}
     paths.ner_data_manifest(out).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     log.info("NER data: %d train / %d dev sentences, %d / %d windows, %d labels", len(train), len(dev),
              len(rows["train"]), len(rows["dev"]), len(labels))
-    return {**manifest, "dev_docs": dev_docs}
+    return {**manifest, "dev_docs": dev_docs, "extra_docs": {name: docs for name, (docs, _) in extra.items()}}
+
+
+def usable_length(model_dir: str, tokenizer, max_length: int) -> int:
+    """``data.max_length``, capped at what the model's positions take (as evaluation and Serve cap it):
+    a 130-position model trains on 128-token windows whatever the preset asks."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from galeno.inference.loading import window_limit
+
+    limit = window_limit(SimpleNamespace(config=AutoConfig.from_pretrained(model_dir, local_files_only=True)),
+                         tokenizer, max_length)
+    if limit < max_length:
+        log.info("data.max_length %d capped at %d: what %s's positions take", max_length, limit, model_dir)
+    return limit
 
 
 def _as_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,7 +212,7 @@ def run(cfg: NERConfig) -> dict[str, Any]:
                "seed_dir": str(seed_dir)}
         storage = cfg.trainer.storage_path or str(paths.train_storage(seed_dir))
         identity = {"model": base_digest, "init": cfg.init, "data": data["digests"],
-                    "encoding": {k: v for k, v in to_dict(cfg.data).items() if k not in ("train", "dev")},
+                    "encoding": {k: v for k, v in to_dict(cfg.data).items() if k not in ("train", "dev", "extra_dev")},
                     "labels": data["labels"], "optim": to_dict(cfg.optim), "eval_per_epoch": cfg.eval_per_epoch,
                     "warmup_fraction": cfg.warmup_fraction, "o_weight": cfg.o_weight, "select": cfg.select,
                     "trainer": resume.trainer_identity(cfg.trainer),
@@ -216,6 +237,10 @@ def run(cfg: NERConfig) -> dict[str, Any]:
             write_predictions_table(data["dev_docs"], predicted, paths.ner_dev_predictions(seed_dir))
             (best / "galeno.json").write_text(json.dumps({**lineage, "seed": seed}, indent=2))
             headline = summary(result)
+            for name, docs in data["extra_docs"].items():  # scored like dev, never selected on
+                extra = score(docs, _predict(best, docs, cfg), _format(cfg, name))
+                dump(extra, paths.ner_seed(out, seed) / f"{name}_metrics.json")
+                headline.update({k.replace("dev_", f"{name}_", 1): v for k, v in summary(extra).items()})
             tracker.log_metrics({f"final_{k}": v for k, v in headline.items()})
             tracker.log_artifact(paths.ner_dev_metrics(seed_dir))
             tracker.log_artifact(paths.ner_dev_predictions(seed_dir))
@@ -241,18 +266,26 @@ def _predict(model_dir: Path, docs, cfg: NERConfig) -> list[list[str]]:
                         chunk=max(cfg.trainer.micro_batch, 32))[0]
 
 
-def _format(cfg: NERConfig) -> str:
+def _format(cfg: NERConfig, extra: str = "") -> str:
+    from galeno.ner.config import extra_dev_names
     from galeno.ner.data import detect_format
 
-    return cfg.data.format or detect_format(cfg.data.dev)
+    path = cfg.data.extra_dev[extra_dev_names(cfg.data.extra_dev).index(extra)] if extra else cfg.data.dev
+    return cfg.data.format or detect_format(path)
 
 
 def _aggregate(cfg: NERConfig, seeds: list[dict[str, Any]], data: dict[str, Any], elapsed: float) -> dict[str, Any]:
     f1 = [s["dev_f1"] for s in seeds]
     best = max(seeds, key=lambda s: s[cfg.select])  # the seed registered: by the metric that picked its step
+    spread = {}  # mean and std over the seeds of every other headline score (span F1, extra dev sets)
+    for key in seeds[0]:
+        if key != "dev_f1" and "_f1" in key:
+            values = [s[key] for s in seeds]
+            spread[f"{key}_mean"] = statistics.fmean(values)
+            spread[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"task": cfg.task, "model": cfg.model, "init": cfg.init, "seeds": seeds,
             "dev_f1_mean": statistics.fmean(f1), "dev_f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
-            "dev_f1_strict_mean": statistics.fmean(s["dev_f1_strict"] for s in seeds),
+            **spread,
             "best_seed": best["seed"], "best_model": best["model"],
             "train_sentences": data["train_sentences"], "dev_sentences": data["dev_sentences"],
             "max_steps": cfg.trainer.max_steps, "elapsed_seconds": round(elapsed, 1)}
@@ -308,6 +341,7 @@ def absolute_paths(cfg: NERConfig) -> NERConfig:
     from galeno import paths
     from galeno.tracking import resolved
 
-    data = dataclasses.replace(cfg.data, train=paths.absolute(cfg.data.train), dev=paths.absolute(cfg.data.dev))
+    data = dataclasses.replace(cfg.data, train=paths.absolute(cfg.data.train), dev=paths.absolute(cfg.data.dev),
+                               extra_dev=[paths.absolute(p) for p in cfg.data.extra_dev])
     return dataclasses.replace(cfg, model=paths.absolute(cfg.model), output=paths.absolute(cfg.output), data=data,
                                tracking=resolved(cfg.tracking))
