@@ -58,8 +58,10 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
     results = out / "results.json"
     if results.is_file():
         done = json.loads(results.read_text())
-        if sorted(s["seed"] for s in done["seeds"]) == sorted(seeds):
+        same = done["model"] == str(Path(model).resolve()) or ("init=random" in extra and same_shape(done["model"], model))
+        if sorted(s["seed"] for s in done["seeds"]) == sorted(seeds) and same:
             return done
+        log.info("%s: rerun (other seeds, or another model than %s)", out, done["model"])
     cmd = [sys.executable, str(REPO / "jobs" / "finetune_ner.py"), "--config", TASKS[task], "--model", model,
            *SLICE, *RECIPES[recipe], f"seeds=[{','.join(map(str, seeds))}]", f"task={task}-{name}",
            f"output={out}", *extra]
@@ -71,6 +73,18 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
     done["wall_seconds"] = round(time.time() - t0, 1)
     results.write_text(json.dumps(done, indent=2))
     return done
+
+
+def same_shape(a: str, b: str) -> bool:
+    """Two model folders a random-weights cell cannot tell apart: the same architecture and tokenizer."""
+    from galeno.train.packing import tokenizer_digest
+
+    def arch(folder: str) -> dict[str, Any]:
+        config = json.loads((Path(folder) / "config.json").read_text())
+        return {k: v for k, v in config.items() if k not in ("architectures", "_name_or_path", "transformers_version",
+                                                             "dtype", "torch_dtype")}
+
+    return arch(a) == arch(b) and tokenizer_digest(a) == tokenizer_digest(b)
 
 
 def model_for(row: str, args) -> tuple[str, str, list[str]]:
@@ -91,12 +105,17 @@ def export_checkpoints(run: Path) -> list[tuple[int, int, Path]]:
     from galeno.train.config import PretrainConfig
     from galeno.train.pretrain import export
 
-    cfg = from_dict(PretrainConfig, json.loads((run / "model" / "galeno.json").read_text())["config"])
+    if (run / "model" / "galeno.json").is_file():  # the finished run's exported config
+        cfg = from_dict(PretrainConfig, json.loads((run / "model" / "galeno.json").read_text())["config"])
+    else:  # a run still going: its model identity and its packed data's settings say what its checkpoints hold
+        identity = json.loads((run / "run_identity.json").read_text())["identity"]
+        packed = json.loads((run / f"packed-{identity['packed']}" / "manifest.json").read_text())["config"]
+        cfg = from_dict(PretrainConfig, {"model": identity["model"], "data": packed, "output": str(run)})
     tokens = {r["step"]: r["tokens_seen"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
     out = []
     for ckpt in sorted((run / "checkpoints").glob("checkpoint-*")):
         step = int(ckpt.name.split("-")[1])
-        target = ROOT / "checkpoints" / f"step-{step:06d}"
+        target = ROOT / "checkpoints" / run.name / f"step-{step:06d}"
         if not (target / "config.json").is_file():
             export(cfg, str(ckpt), target, {"checkpoint": str(ckpt), "step": step})
         out.append((step, tokens.get(step, 0), target))
@@ -107,8 +126,8 @@ def curve_points(run: Path) -> list[tuple[str, int, int, Path]]:
     """(name, step, tokens, model) at 1/8, 1/4, 1/2 and all of the run (the 0 point is row a)."""
     points = export_checkpoints(run)
     last = max(step for step, _, _ in points)
-    wanted = {last // 8, last // 4, last // 2}
-    return [(f"b-step{step}", step, tokens, model) for step, tokens, model in points if step in wanted]
+    chosen = {min(points, key=lambda p: abs(p[0] - last * fraction))[0] for fraction in (1 / 8, 1 / 4, 1 / 2)}
+    return [(f"b-step{step}", step, tokens, model) for step, tokens, model in points if step in chosen - {last}]
 
 
 def cmd_table(args) -> None:
@@ -170,7 +189,7 @@ def _curve_rows() -> list[tuple[str, int, int, dict[str, Any]]]:
     if not meta.is_dir():
         return []
     tokens = {}
-    for folder in meta.glob("step-*"):
+    for folder in meta.glob("*/step-*"):
         lineage = json.loads((folder / "galeno.json").read_text())
         run = Path(lineage["checkpoint"]).parent.parent
         rows = {r["step"]: r["tokens_seen"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}

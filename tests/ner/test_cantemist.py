@@ -45,7 +45,11 @@ def test_the_reader_keeps_every_annotation_for_the_span_metric(cantemist):
     assert perfect["span"]["recall"] == pytest.approx(kept / annotated)  # the nested ones are missed, and counted
 
 
-def test_extra_dev_sets_need_distinct_names():
+def test_extra_dev_sets_are_named_by_name_or_folder_and_need_distinct_names():
+    from galeno.ner.config import extra_dev_names
+
+    assert extra_dev_names(["dev2=x/dev-set2/cantemist-ner", "x/dev-set2/cantemist-ner", "y/test.conll"]) == [
+        "dev2", "cantemist_ner", "test"]
     with pytest.raises(ConfigError, match="distinct names"):
         load(NERConfig, None, ["data.extra_dev=[a/dev2,b/dev2]"])
     with pytest.raises(ConfigError, match="distinct names"):
@@ -69,7 +73,7 @@ def test_the_preset_selects_on_dev1_and_reports_dev2_through_the_job(cantemist, 
     out = tmp_path / "ner"
     results = run(load(NERConfig, PRESET, [
         f"model={tiny_random}", f"output={out}", f"data.train={cantemist}/train", f"data.dev={cantemist}/dev1",
-        f"data.extra_dev=[{cantemist}/dev2]", "data.train_sentences=400", "data.max_length=64", "epochs=2", "optim.lr=1e-3", "trainer.launcher=local", "trainer.cpus_per_worker=2",
+        f"data.extra_dev=[dev2={cantemist}/dev2]", "data.train_sentences=400", "data.max_length=64", "epochs=2", "optim.lr=1e-3", "trainer.launcher=local", "trainer.cpus_per_worker=2",
         "trainer.global_batch=32", "trainer.micro_batch=32"]))
     seed = results["seeds"][0]
     for key in ("dev_f1", "dev_span_f1", "dev2_f1", "dev2_f1_strict", "dev2_span_f1", "dev2_precision"):

@@ -106,7 +106,7 @@ def test_a_bert_without_its_mlm_head_continues_with_its_own_wordpiece(ray_local,
     assert torch.allclose(model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
 
 
-def test_init_from_refuses_another_tokenizer_and_too_long_sequences(base_run, tiny_corpus, tiny_tokenizer, tmp_path):
+def test_init_from_refuses_another_tokenizer_too_long_sequences_its_own_output_and_foreign_weights(base_run, tiny_corpus, tiny_tokenizer, tmp_path):
     other = tmp_path / "other-tokenizer"
     other.mkdir()
     data = json.loads((tiny_tokenizer / "tokenizer.json").read_text())
@@ -121,5 +121,20 @@ def test_init_from_refuses_another_tokenizer_and_too_long_sequences(base_run, ti
         run(load(PretrainConfig, None, [*common, f"model.init_from={base_run}", f"data.tokenizer={other}"]))
     with pytest.raises(ValueError, match="does not fit model.init_from"):
         run(load(PretrainConfig, None, [*common, f"model.init_from={base_run}", "data.seq_len=512"]))
+    with pytest.raises(ValueError, match="own output"):
+        run(load(PretrainConfig, None, [*[o for o in common if not o.startswith("output=")], f"output={base_run}",
+                                        f"model.init_from={base_run}"]))
+    # a checkpoint whose weights are not this model's encoder would silently train from random weights
+    from safetensors.torch import load_file, save_file
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for item in (base_run / "model").iterdir():
+        if item.is_file() and item.suffix != ".safetensors":
+            (foreign / item.name).write_bytes(item.read_bytes())
+    weights = load_file(str(base_run / "model" / "model.safetensors"))
+    save_file({f"other.{k}": v.contiguous() for k, v in weights.items()}, str(foreign / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not hold this model's encoder"):
+        run(load(PretrainConfig, None, [*common, f"model.init_from={foreign}"]))
     with pytest.raises(FileNotFoundError, match="no Hugging Face model"):
         run(load(PretrainConfig, None, [*common, f"model.init_from={tmp_path / 'nothing'}"]))

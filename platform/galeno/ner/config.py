@@ -44,8 +44,9 @@ class NERDataConfig:
     dev: str = "../shared/data/pharmaconer/dev.conll"
     """Dev data, same formats: model selection and the reported scores (there is no test split)."""
     extra_dev: list[str] = field(default_factory=list)
-    """Further evaluation sets (the same formats), scored with each seed's selected model and reported beside dev
-    under their folder or file name (CANTEMIST's dev2: ``dev2_f1``, ``dev2_span_f1``); never used for selection."""
+    """Further evaluation sets (the same formats), scored with each seed's selected model and reported beside dev;
+    never used for selection. ``NAME=PATH`` names one (``dev2=data/dev-set2/cantemist-ner`` reports ``dev2_f1``,
+    ``dev2_span_f1``); a bare path is named by its folder or file name."""
     format: str = ""
     """conll, brat or i2b2xml; empty: from the file extensions."""
     max_length: int = 512
@@ -84,11 +85,20 @@ class NERDataConfig:
 
 
 def extra_dev_names(sets: list[str]) -> list[str]:
-    """What each extra evaluation set is called in the results: its file or folder name, without extension."""
+    """What each extra evaluation set is called in the results: its ``NAME=`` or its file or folder name."""
+    return [split_extra_dev(entry)[0] for entry in sets]
+
+
+def split_extra_dev(entry: str) -> tuple[str, str]:
+    """``(name, path)`` of one ``data.extra_dev`` entry."""
     import re
     from pathlib import PurePath
 
-    return [re.sub(r"\W+", "_", PurePath(p.rstrip("/")).stem).strip("_").lower() or "extra" for p in sets]
+    named = re.fullmatch(r"(\w+)=(.+)", entry)
+    if named:
+        return named.group(1).lower(), named.group(2)
+    stem = PurePath(entry.rstrip("/")).stem
+    return re.sub(r"\W+", "_", stem).strip("_").lower() or "extra", entry
 
 
 @dataclass

@@ -35,7 +35,7 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     """Read train and dev, build the label map, encode both into windows; returns the data manifest."""
     from galeno.hashing import file_hash
     from galeno.inference.align import label_map, window_stats
-    from galeno.ner.config import extra_dev_names
+    from galeno.ner.config import split_extra_dev
     from galeno.ner.data import read_ner
     from galeno.inference.loading import load_tokenizer
     from galeno.ner.task import encode_rows, write_rows
@@ -43,7 +43,7 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     fmt = cfg.data.format or None
     train_docs, train_stats = read_ner(cfg.data.train, fmt)
     dev_docs, dev_stats = read_ner(cfg.data.dev, fmt)
-    extra = {name: read_ner(path, fmt) for name, path in zip(extra_dev_names(cfg.data.extra_dev), cfg.data.extra_dev)}
+    extra = {name: read_ner(path, fmt) for name, path in map(split_extra_dev, cfg.data.extra_dev)}
     train = [s for d in train_docs for s in d.sentences]
     if cfg.data.train_sentences:
         train = train[:cfg.data.train_sentences]
@@ -70,8 +70,9 @@ def prepare(cfg: NERConfig, model_dir: str, out: Path) -> dict[str, Any]:
     manifest = {"labels": labels, "files": files, "train_stats": train_stats, "dev_stats": dev_stats,
                 "train_sentences": len(train), "dev_sentences": len(dev), "dev_only_types": dev_only,
                 "train_empty_dropped": empty_dropped,
-                "extra_dev": {name: {"path": path, "stats": stats, "sentences": sum(len(d.sentences) for d in docs)}
-                              for (name, (docs, stats)), path in zip(extra.items(), cfg.data.extra_dev)},
+                "extra_dev": {name: {"path": split_extra_dev(entry)[1], "stats": stats,
+                                     "sentences": sum(len(d.sentences) for d in docs)}
+                              for (name, (docs, stats)), entry in zip(extra.items(), cfg.data.extra_dev)},
                 "windows": {split: window_stats(_as_windows(r)) for split, r in rows.items()},
                 "digests": {split: file_hash(path, 16) for split, path in files.items()}}
     paths.ner_data_manifest(out).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -201,6 +202,9 @@ def run(cfg: NERConfig) -> dict[str, Any]:
 
         init_ray(cfg.ray)
     if cfg.sweep.enabled:
+        if cfg.data.extra_dev:
+            log.warning("data.extra_dev is not scored in a sweep (trials are compared on dev); fine-tune the "
+                        "chosen configuration without sweep.enabled to score it")
         return run_sweep(cfg, model_dir, data, fit=ray_fit, derive=derive)
     cfg = derive(cfg, data["windows"]["train"]["windows"])
     lineage = _lineage(cfg, model_dir, data)
@@ -267,10 +271,10 @@ def _predict(model_dir: Path, docs, cfg: NERConfig) -> list[list[str]]:
 
 
 def _format(cfg: NERConfig, extra: str = "") -> str:
-    from galeno.ner.config import extra_dev_names
+    from galeno.ner.config import split_extra_dev
     from galeno.ner.data import detect_format
 
-    path = cfg.data.extra_dev[extra_dev_names(cfg.data.extra_dev).index(extra)] if extra else cfg.data.dev
+    path = dict(map(split_extra_dev, cfg.data.extra_dev))[extra] if extra else cfg.data.dev
     return cfg.data.format or detect_format(path)
 
 
@@ -339,9 +343,10 @@ def _register(cfg: NERConfig, seeds: list[dict[str, Any]], results: dict[str, An
 def absolute_paths(cfg: NERConfig) -> NERConfig:
     """Absolute data, model and output paths (workers start elsewhere), absolute tracking URIs."""
     from galeno import paths
+    from galeno.ner.config import split_extra_dev
     from galeno.tracking import resolved
 
     data = dataclasses.replace(cfg.data, train=paths.absolute(cfg.data.train), dev=paths.absolute(cfg.data.dev),
-                               extra_dev=[paths.absolute(p) for p in cfg.data.extra_dev])
+                               extra_dev=[f"{name}={paths.absolute(p)}" for name, p in map(split_extra_dev, cfg.data.extra_dev)])
     return dataclasses.replace(cfg, model=paths.absolute(cfg.model), output=paths.absolute(cfg.output), data=data,
                                tracking=resolved(cfg.tracking))

@@ -86,7 +86,8 @@ def load_masked_lm(path: str, seed: int, dropout: float | None = None):
     """A Hugging Face checkpoint as a masked LM, for continual pretraining (``model.init_from``).
 
     Returns ``(model, new)``: ``new`` names the weights the checkpoint lacked, freshly initialised from
-    ``seed`` (the MLM head of an encoder saved without one, such as a sentence-transformers BERT).
+    ``seed``; only the MLM head may be new (a sentence-transformers BERT is saved without one). Weights load
+    in fp32 whatever the checkpoint's dtype: the loop's precision setting decides what runs in half.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -97,8 +98,18 @@ def load_masked_lm(path: str, seed: int, dropout: float | None = None):
                 setattr(config, key, dropout)
     torch.manual_seed(seed)
     hf, info = AutoModelForMaskedLM.from_pretrained(path, config=config, local_files_only=True,
-                                                    output_loading_info=True)
+                                                    output_loading_info=True, dtype=torch.float32)
+    parts = mlm_parts(hf)
+    if parts is None:
+        raise ValueError(f"model.init_from={path}: {type(hf).__name__} is not an encoder plus one MLM head; "
+                         "continual pretraining supports BERT- and RoBERTa-style masked LMs")
+    head = {name for name, module in hf.named_children() if module is parts[1]}
     new = sorted(k for k in info["missing_keys"] if not _tied(k))
+    foreign = [k for k in new if k.split(".")[0] not in head]
+    if foreign or info.get("mismatched_keys"):
+        raise ValueError(f"model.init_from={path}: the checkpoint does not hold this model's encoder (missing "
+                         f"{foreign[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]}): it would "
+                         "train from random weights")
     return hf, new
 
 

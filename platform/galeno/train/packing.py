@@ -49,12 +49,15 @@ def load_tokenizer(path: str):
 
 
 def sequence_ends(tok) -> tuple[int, int]:
-    """The ids that open and close a sequence: <s> and </s> (RoBERTa), or [CLS] and [SEP] (BERT)."""
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    if bos is None or eos is None:
-        raise ValueError(f"tokenizer {tok.name_or_path} has neither <s>/</s> nor [CLS]/[SEP] tokens")
-    return bos, eos
+    """The ids that open and close a sequence (<s> ... </s> for RoBERTa, [CLS] ... [SEP] for BERT): what the
+    tokenizer itself adds, as fine-tuning and inference see it (``galeno.inference.loading.specials``)."""
+    from galeno.inference.loading import specials
+
+    before, after = specials(tok)
+    if len(before) != 1 or len(after) != 1:
+        raise ValueError(f"tokenizer {tok.name_or_path} adds {before} before and {after} after a sequence: "
+                         "packing needs one token on each side")
+    return before[0], after[0]
 
 
 def pack_units(units: Iterable[tuple[str, list[list[int]]]], max_content: int, bos: int, eos: int,

@@ -156,10 +156,11 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                          f"micro batch per worker")
     storage = cfg.trainer.storage_path or str(paths.train_storage(cfg.output))
     resumption = resume.prepare(cfg.output, [f"{storage}/{cfg.name}", paths.local_checkpoints(cfg.output)],
-                                {"model": to_dict(cfg.model), "base": base, "optim": to_dict(cfg.optim),
-                                 "packed": manifest["tag"],
+                                {"model": {"init_from": base["base_model_digest"]} if base else to_dict(cfg.model),
+                                 "optim": to_dict(cfg.optim), "packed": manifest["tag"],
                                  "mlm_probability": cfg.data.mlm_probability,
-                                 "trainer": resume.trainer_identity(cfg.trainer), "code": code_digest("galeno.train")},
+                                 "trainer": resume.trainer_identity(cfg.trainer),
+                                 "code": code_digest("galeno.train", "galeno.inference.forward")},
                                 cfg.trainer.resume, f"pretraining run {cfg.name}",
                                 run_files=(paths.metrics_log(cfg.output), paths.mlflow_run_file(cfg.output)))
     notes += [resumption.note] if resumption.note else []
@@ -267,6 +268,9 @@ def check_init_from(cfg: PretrainConfig, given: str) -> dict[str, Any]:
     folder = cfg.model.init_from
     if not folder:
         return {}
+    if Path(folder).resolve().is_relative_to(Path(cfg.output).resolve()):
+        raise ValueError(f"model.init_from={given} lies in this run's own output {cfg.output}, which the run "
+                         "overwrites: continue from a copy, or give the new run another output")
     if not (Path(folder) / "config.json").is_file():
         raise FileNotFoundError(f"model.init_from={given}: no Hugging Face model in {folder} (config.json)")
     if not (Path(folder) / "tokenizer.json").is_file():
@@ -282,7 +286,7 @@ def check_init_from(cfg: PretrainConfig, given: str) -> dict[str, Any]:
     if positions and positions < cfg.data.seq_len + offset:
         raise ValueError(f"data.seq_len {cfg.data.seq_len} does not fit model.init_from={given}: "
                          f"{positions} positions")
-    lineage = {"base_model": given, "base_model_digest": model_digest(folder)}
+    lineage = {"base_model": given, "base_model_path": str(folder), "base_model_digest": model_digest(folder)}
     if given.startswith("models:/"):
         lineage["base_model_version"] = f"{Path(folder).parent.parent.parent.name}/{Path(folder).parent.parent.name}"
     return lineage
