@@ -170,14 +170,14 @@ def export_mlm(plan: Plan, ctx: dict[str, Any], checkpoint: Path | None) -> Path
     from galeno.train.config import ModelConfig
     from galeno.train.engine import consolidated_state_dict
     from galeno.train.loop import CHECKPOINT_TAG
-    from galeno.train.mlm import MLMTask
+    from galeno.train.mlm import MLMTask, tied_to_embeddings
 
     task = MLMTask(ModelConfig(**plan.model, max_position_embeddings=plan.seq_len + 2,
                                vocab_multiple=plan.vocab_rows), str(ctx["tokenizer"]), plan.seq_len, 0.15, 1234)
     model = task.build_model()
     if checkpoint is not None:
         missing, unexpected = model.load_state_dict(consolidated_state_dict(checkpoint, CHECKPOINT_TAG), strict=False)
-        missing = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]  # tied
+        missing = [k for k in missing if not tied_to_embeddings(k)]
         if missing or unexpected:
             raise RuntimeError(f"checkpoint {checkpoint} does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
     out = ctx["work"] / "mlm-model"

@@ -104,7 +104,7 @@ def load_masked_lm(path: str, seed: int, dropout: float | None = None):
         raise ValueError(f"model.init_from={path}: {type(hf).__name__} is not an encoder plus one MLM head; "
                          "continual pretraining supports BERT- and RoBERTa-style masked LMs")
     head = {name for name, module in hf.named_children() if module is parts[1]}
-    new = sorted(k for k in info["missing_keys"] if not _tied(k))
+    new = sorted(k for k in info["missing_keys"] if not tied_to_embeddings(k))
     foreign = [k for k in new if k.split(".")[0] not in head]
     if foreign or info.get("mismatched_keys"):
         raise ValueError(f"model.init_from={path}: the checkpoint does not hold this model's encoder (missing "
@@ -113,7 +113,7 @@ def load_masked_lm(path: str, seed: int, dropout: float | None = None):
     return hf, new
 
 
-def _tied(key: str) -> bool:
+def tied_to_embeddings(key: str) -> bool:
     """The output projection is tied to the input embeddings: never missing in substance."""
     return key.endswith(("decoder.weight", "decoder.bias"))
 

@@ -125,8 +125,9 @@ def pack_batch(batch: dict[str, np.ndarray], cfg: dict[str, Any]):
         split = "val" if is_heldout(str(source), str(doc_id), data.val_fraction) else "train"
         groups.setdefault((split, source), []).append((f"{source}/{doc_id}", ids))
     cross = data.pack_mode == "full_sentences"
+    ends = sequence_ends(tok)
     for (split, source), units in groups.items():
-        for row in pack_units(units, max_content, *sequence_ends(tok), cross):
+        for row in pack_units(units, max_content, *ends, cross):
             _add(out, row, split, source, "")
     return pa.table({
         "input_ids": pa.array(out["input_ids"], type=pa.list_(pa.int32())),

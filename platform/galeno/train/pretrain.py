@@ -110,12 +110,13 @@ def export(cfg: PretrainConfig, checkpoint_dir: str, out_dir: str | Path, extra:
     from galeno.train.loop import CHECKPOINT_TAG
 
     from galeno.train.engine import consolidated_state_dict
+    from galeno.train.mlm import tied_to_embeddings
 
     task = _task(cfg)
     model = task.build_model()
     state = consolidated_state_dict(checkpoint_dir, CHECKPOINT_TAG)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]  # tied to the embeddings
+    missing = [k for k in missing if not tied_to_embeddings(k)]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     out = Path(out_dir)
