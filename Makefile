@@ -63,7 +63,7 @@ browser:  ## Debian's chromium + chromium-driver for the Serve page test (root, 
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	    { apt-get update -qq && apt-get install -y --no-install-recommends chromium chromium-driver; }
 
-test-extended: install  ## the tests too slow for CI: ray job submit of all six stages, the Ray Tune sweep, NER on DeepSpeed, resubmitting a DeepSpeed run
+test-extended: install  ## the tests too slow for CI: ray job submit of all six stages, a two-node cluster that loses a node during the corpus job, the Ray Tune sweep, NER on DeepSpeed, resubmitting a DeepSpeed run
 	$(PY) -m pytest -q -ra -m extended $(PYTEST_ARGS)
 
 test-fast: install

@@ -148,7 +148,10 @@ def test_rerun_is_identical_and_resumes_at_shard_granularity(sample_run):
     victim = local / f"{shards[1].id}.parquet"
     victim.unlink()  # as if the run had died before committing this shard
     (local / f".{shards[2].id}.parquet.999.tmp").write_bytes(b"half-written garbage")
+    # the rerun's global phase in a driver process of its own, as on a multi-node cluster: the same output
+    cfg.global_driver = True
     second = run(cfg)
+    assert (paths.corpus_work(out) / "global-result.json").is_file()
     assert second["shards_skipped_on_resume"] == len(shards) - 1
     assert victim.exists()
     after = {sub: digest(out / sub) for sub in ("documents", "rejected")}

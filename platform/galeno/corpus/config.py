@@ -84,6 +84,16 @@ class CorpusConfig:
     """Parquet files in documents/ and rejected/ (rows are hash-assigned by id, so reruns match)."""
     resume: bool = True
     """Skip input shards already committed by an interrupted run with the same config."""
+    node_loss_retries: int = 2
+    """Times a phase interrupted by the loss of a node runs again in the same submission, on the nodes left,
+    from the shards committed so far (0: fail at once, with an error that says a resubmission resumes)."""
+    global_driver: Optional[bool] = None
+    """Run the global phase in a driver process of its own, restarted when a node is lost (docs/corpus.md).
+    Default: when the cluster has more than one node. On one node no node can be lost without the job, and
+    a driver of its own costs seconds of start-up (a new driver and its workers)."""
+    shuffle_fetch_timeout_s: float = 300.0
+    """A shuffle task that has waited this long for its inputs fails (Ray Data's own default: 1800 s). A
+    second guard against a job that stands still: such a task holds its CPU while it waits."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where to run."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -95,6 +105,8 @@ class CorpusConfig:
             raise ValueError(f"source names must be unique, got {names}")
         if self.shard_mb <= 0 or self.num_partitions < 1 or self.output_shards < 1:
             raise ValueError("shard_mb, num_partitions and output_shards must be positive")
+        if self.node_loss_retries < 0 or self.shuffle_fetch_timeout_s <= 0:
+            raise ValueError("node_loss_retries must be >= 0 and shuffle_fetch_timeout_s > 0")
 
     def priority(self, source: SourceConfig) -> int:
         return keep_priority(self.sources, source)

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from galeno import __version__, handover, paths
 from galeno.config import config_hash, from_dict, to_dict
@@ -207,6 +207,9 @@ class ShardWorker:
         self.cfg = from_dict(CorpusConfig, cfg)
         self.out_dir = Path(out_dir)
         self.steps = LocalSteps(self.cfg, deid_model_dir)
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import pyarrow as pa
@@ -224,7 +227,26 @@ class ShardWorker:
             done["shard"].append(shard.id)
             done["documents"].append(len(rows))
             done["seconds"].append(time.perf_counter() - t0)
+            log.info("corpus: shard %s committed: %d documents in %.1f s on node %s", shard.id, len(rows),
+                     done["seconds"][-1], self.node)
         return done
+
+
+def _read_rows(batch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(p, schema=row_schema()) for p in batch["path"].to_pylist()])
+
+
+def read_local_shards(files: list[str]):
+    """The committed local shards as one dataset, read by plain Ray tasks, which Ray retries when
+    their node is lost. Not ``ray.data.read_parquet``: in Ray 2.60 it lists files with actors placed
+    SPREAD and never restarted, so one that lands on a node that is dying fails the whole job."""
+    import ray.data
+
+    return (ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
+            .map_batches(_read_rows, batch_size=1, batch_format="pyarrow"))
 
 
 def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path, deid_model_dir: str = "") -> dict[str, Any]:
@@ -242,8 +264,11 @@ def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path, deid_
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         specs = [{"spec": json.dumps(asdict(s))} for s in pending]
         ds = ray.data.from_items(specs, override_num_blocks=len(specs))
+        # A pool of its full size from the start: one that grows on demand stayed at one actor while 16 quick
+        # shards queued (Ray 2.60), leaving the cluster's other nodes idle. An actor lost with its node is
+        # restarted where there is room, and the shards it held are redone by the actors left.
         ds.map_batches(ShardWorker, batch_size=1,
-                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(cpus, len(pending)))),
+                       compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus, len(pending)))),
                        fn_constructor_kwargs={"cfg": to_dict(cfg), "out_dir": str(out_dir),
                                               "deid_model_dir": deid_model_dir}).materialize()
     return {"shards": len(shards), "shards_skipped_on_resume": skipped}
@@ -271,45 +296,44 @@ def _shard_of(key: str, n: int) -> int:
     return xxhash.xxh64_intdigest(key.encode()) % n
 
 
-class OutputWriter:
-    """Writes the rows of one or more output shards, sorted by key, and returns their counts."""
+def write_output_part(df, tmp_dir: str):
+    """Write the rows of one or more output shards, sorted by key; returns their counts per source.
 
-    def __init__(self, tmp_dir: str):
-        self.tmp_dir = Path(tmp_dir)
+    A Ray Data *task*, not an actor: an actor would hold its CPU for the whole job while the tasks
+    it waits for queue behind it; with one CPU left after a node is lost, the job hung (issue 21)."""
+    import pandas as pd
+    import pyarrow as pa
 
-    def __call__(self, df):
-        import pandas as pd
-        import pyarrow as pa
-
-        doc_schema, rej_schema = _out_columns()
-        stats = []
-        for shard, part in df.groupby("out_shard", sort=True):
-            part = part.sort_values("key", kind="stable")
-            dup_key = part["key"].duplicated(keep="first")
-            kept, rejected = [], []
-            counts: dict[str, dict] = {}
-            for row, is_dup in zip(part.to_dict("records"), dup_key):
-                reason = "duplicate_id" if is_dup else row["reason"]
-                c = counts.setdefault(row["source"], _empty_counts())
-                sentences = list(row["sentences"]) if reason is None else []
-                _count(c, row, reason, sentences)
-                if reason is None:
-                    text = "\n".join(sentences)
-                    kept.append({"id": row["id"], "source": row["source"], "text": text,
-                                 "n_sentences": len(sentences), "n_words": len(text.split()),
-                                 "n_chars": len(text), "lang": row["lang"], "meta": row["meta"]})
-                else:
-                    rejected.append({"id": row["id"], "source": row["source"], "reason": reason,
-                                     "duplicate_of": row.get("duplicate_of"),
-                                     "duplicate_of_source": row.get("duplicate_of_source"),
-                                     "meta": row["meta"]})
-            commit_parquet(pa.Table.from_pylist(kept, schema=doc_schema),
-                           self.tmp_dir / "documents" / f"part-{int(shard):05d}.parquet")
-            commit_parquet(pa.Table.from_pylist(rejected, schema=rej_schema),
-                           self.tmp_dir / "rejected" / f"part-{int(shard):05d}.parquet")
-            stats.extend({"shard": int(shard), "source": s, "counts": json.dumps(c)}
-                         for s, c in counts.items())
-        return pd.DataFrame(stats, columns=["shard", "source", "counts"])
+    tmp = Path(tmp_dir)
+    doc_schema, rej_schema = _out_columns()
+    stats = []
+    for shard, part in df.groupby("out_shard", sort=True):
+        part = part.sort_values("key", kind="stable")
+        dup_key = part["key"].duplicated(keep="first")
+        kept, rejected = [], []
+        counts: dict[str, dict] = {}
+        for row, is_dup in zip(part.to_dict("records"), dup_key):
+            reason = "duplicate_id" if is_dup else row["reason"]
+            c = counts.setdefault(row["source"], _empty_counts())
+            sentences = list(row["sentences"]) if reason is None else []
+            _count(c, row, reason, sentences)
+            if reason is None:
+                text = "\n".join(sentences)
+                kept.append({"id": row["id"], "source": row["source"], "text": text,
+                             "n_sentences": len(sentences), "n_words": len(text.split()),
+                             "n_chars": len(text), "lang": row["lang"], "meta": row["meta"]})
+            else:
+                rejected.append({"id": row["id"], "source": row["source"], "reason": reason,
+                                 "duplicate_of": row.get("duplicate_of"),
+                                 "duplicate_of_source": row.get("duplicate_of_source"),
+                                 "meta": row["meta"]})
+        commit_parquet(pa.Table.from_pylist(kept, schema=doc_schema),
+                       tmp / "documents" / f"part-{int(shard):05d}.parquet")
+        commit_parquet(pa.Table.from_pylist(rejected, schema=rej_schema),
+                       tmp / "rejected" / f"part-{int(shard):05d}.parquet")
+        stats.extend({"shard": int(shard), "source": s, "counts": json.dumps(c)}
+                     for s, c in counts.items())
+    return pd.DataFrame(stats, columns=["shard", "source", "counts"])
 
 
 def _empty_counts() -> dict[str, Any]:
@@ -357,7 +381,6 @@ def _merge_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
 def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]:
     """Hash-assign rows to output shards, write them sorted, swap the folders in atomically."""
     import pyarrow as pa
-    import ray.data
 
     n = cfg.output_shards
     tmp = paths.corpus_work(out) / "output.tmp"
@@ -369,8 +392,8 @@ def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]
 
     stats = (ds.map_batches(assign, batch_format="pandas")
                .repartition(n, keys=["out_shard"])
-               .map_batches(OutputWriter, batch_format="pandas", batch_size=None,
-                            fn_constructor_kwargs={"tmp_dir": str(tmp)}, compute=ray.data.ActorPoolStrategy(size=1))
+               .map_batches(write_output_part, batch_format="pandas", batch_size=None,
+                            fn_kwargs={"tmp_dir": str(tmp)})
                .take_all())
     doc_schema, rej_schema = _out_columns()
     for i in range(n):  # shards that received no rows still exist, so the layout is fixed
@@ -449,11 +472,139 @@ def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
     return model_dir, model_digest(model_dir)
 
 
-def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
-    """The job's work; ``tag`` is :func:`local_tag` (the committed local shards it may reuse)."""
+def global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any]]:
+    """Steps 5 and 6 over the committed local shards ``files``, then the output; per-source counts."""
+    from galeno.corpus.dedup import dedup_documents, dedup_fuzzy_sentences, dedup_sentences
+
+    ds = read_local_shards(files)
+    # Whole documents first: a near-copy (a republished page with a date line added and a few words
+    # changed) must go whole, as near_duplicate. Were repeated sentences removed first, the copy would
+    # shrink to the few sentences that differ, no longer be near its original, and survive as a fragment.
+    if cfg.minhash.enabled:
+        # sentence dedup reads its input twice: materialise so the document shuffles run once
+        ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions).materialize()
+    if cfg.line_dedup.enabled:
+        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
+        if cfg.line_dedup.fuzzy:
+            ds = dedup_fuzzy_sentences(ds.materialize(), cfg.line_dedup, cfg.num_partitions)
+    return write_outputs(ds, cfg, Path(cfg.output))
+
+
+def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`global_phase` in a driver process of its own on the same cluster, started again (at most
+    ``node_loss_retries`` times) when a node is lost while it runs; in this process on a one-node cluster
+    (``global_driver``).
+
+    Its shuffles keep their intermediate blocks in the object store. When a node goes, Ray recomputes
+    the lost blocks from their lineage, but a shuffle task waiting for them holds its CPU meanwhile:
+    with one CPU left, the job stood still (issue 21). A driver of its own is what makes a clean restart
+    possible: when it is killed, Ray ends every task and actor it owns, and the phase starts again from
+    the committed local shards, which no node loss can take. Its output is swapped in only at the end,
+    so a killed attempt leaves nothing behind."""
+    import subprocess
+    import sys
+
+    import ray
+
+    if not (len(_alive_nodes()) > 1 if cfg.global_driver is None else cfg.global_driver):
+        _set_shuffle_timeout(cfg)
+        return global_phase(cfg, files)
+    work = paths.corpus_work(cfg.output)
+    work.mkdir(parents=True, exist_ok=True)
+    spec, result = work / "global.json", work / "global-result.json"
+    spec.write_text(json.dumps({"config": to_dict(cfg), "files": files,
+                                "address": ray.get_runtime_context().gcs_address}))
+    for attempt in range(cfg.node_loss_retries + 1):
+        result.unlink(missing_ok=True)
+        before = _alive_nodes()
+        # cwd: a folder of the job's own, not the working directory Ray unpacked for the job, which Ray may
+        # clean up once no worker of the job uses it any more
+        child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=work,
+                                 start_new_session=True)
+        lost: list[str] = []
+        while child.poll() is None:
+            lost = sorted(before - _alive_nodes())
+            if lost:
+                child.kill()  # its tasks and actors end with it
+                child.wait()
+                break
+            time.sleep(2)
+        if child.returncode == 0 and result.is_file():
+            return json.loads(result.read_text())
+        lost = lost or sorted(before - _alive_nodes())
+        if not lost:
+            raise RuntimeError(f"corpus: the global phase failed (exit code {child.returncode}); its log is above")
+        if attempt == cfg.node_loss_retries:
+            raise RuntimeError(f"corpus: the global phase was interrupted by the loss of node(s) {', '.join(lost)}, "
+                               f"{attempt + 1} time(s); resubmit the same job: it resumes from the committed input "
+                               "shards")
+        log.warning("corpus: node(s) %s lost during the global phase: starting it again on the nodes left, from the "
+                    "committed input shards (retry %d of %d)", ", ".join(lost), attempt + 1, cfg.node_loss_retries)
+    raise AssertionError("unreachable")
+
+
+def _global_phase_main(spec_path: str) -> None:
+    """``python -m galeno.corpus.pipeline SPEC``: the child driver of :func:`run_global_phase`."""
+    import ray
+
+    from galeno.runtime import WORKER_SETUP_HOOK, init_ray, setup_logging
+
+    setup_logging()
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = from_dict(CorpusConfig, spec["config"])
+    if not ray.is_initialized():
+        # under `ray job submit` the job's runtime environment comes with the inherited environment
+        runtime_env = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else {
+            "worker_process_setup_hook": WORKER_SETUP_HOOK}
+        ray.init(address=spec["address"], include_dashboard=False, log_to_driver=True, configure_logging=False,
+                 runtime_env=runtime_env)
+    init_ray(cfg.ray)
+    _set_shuffle_timeout(cfg)
+    per_source = global_phase(cfg, spec["files"])
+    result = Path(spec_path).with_name("global-result.json")
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(per_source))
+    os.replace(tmp, result)
+
+
+def _set_shuffle_timeout(cfg: CorpusConfig) -> None:
     import ray.data
 
-    from galeno.corpus.dedup import dedup_documents, dedup_fuzzy_sentences, dedup_sentences
+    ray.data.DataContext.get_current().hash_shuffle_reduce_get_timeout_s = cfg.shuffle_fetch_timeout_s
+
+
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def after_node_loss(retries: int, what: str, phase: Callable[[], Any]) -> Any:
+    """``phase()``, run again (at most ``retries`` times) when it fails after the cluster lost a node
+    while it ran. Both phases may: the local one skips the shards it committed, the global one reads
+    only committed shards and swaps its output in at the end. A failure with every node still alive
+    is raised as it is; one after a node loss, once the retries are spent, says how to resume."""
+    for attempt in range(retries + 1):
+        before = _alive_nodes()
+        try:
+            return phase()
+        except Exception as err:  # noqa: BLE001  (re-raised below unless a node was lost)
+            lost = sorted(before - _alive_nodes())
+            if not lost:
+                raise
+            if attempt == retries:
+                raise RuntimeError(
+                    f"corpus: {what} failed after the cluster lost node(s) {', '.join(lost)} "
+                    f"({type(err).__name__}), {retries + 1} time(s); resubmit the same job: it resumes from "
+                    "the input shards committed so far") from err
+            log.warning("corpus: %s failed after the cluster lost node(s) %s (%s); running it again on the "
+                        "nodes left, from the shards committed so far (retry %d of %d)", what, ", ".join(lost),
+                        type(err).__name__, attempt + 1, retries)
+    raise AssertionError("unreachable")
+
+
+def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
+    """The job's work; ``tag`` is :func:`local_tag` (the committed local shards it may reuse)."""
     from galeno.corpus.report import write_manifest_and_report
     from galeno.runtime import init_ray
 
@@ -469,22 +620,12 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
     if cfg.deid.enabled:
         log.info("corpus: de-identifying %s with %s first", ", ".join(s.name for s in cfg.sources if s.deid),
                  cfg.deid.describe())
-    resume_info = run_local_phase(cfg, shards, local_dir, deid_dir)
+    resume_info = after_node_loss(cfg.node_loss_retries, "the local phase",
+                                  lambda: run_local_phase(cfg, shards, local_dir, deid_dir))
     timings["local"] = time.time() - t
 
     t = time.time()
-    ds = ray.data.read_parquet([str(local_dir / f"{s.id}.parquet") for s in shards])
-    # Whole documents first: a near-copy (a republished page with a date line added and a few words
-    # changed) must go whole, as near_duplicate. Were repeated sentences removed first, the copy would
-    # shrink to the few sentences that differ, no longer be near its original, and survive as a fragment.
-    if cfg.minhash.enabled:
-        # sentence dedup reads its input twice: materialise so the document shuffles run once
-        ds = dedup_documents(ds, cfg.minhash, cfg.num_partitions).materialize()
-    if cfg.line_dedup.enabled:
-        ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
-        if cfg.line_dedup.fuzzy:
-            ds = dedup_fuzzy_sentences(ds.materialize(), cfg.line_dedup, cfg.num_partitions)
-    per_source = write_outputs(ds, cfg, out)
+    per_source = run_global_phase(cfg, [str(local_dir / f"{s.id}.parquet") for s in shards])
     timings["global_and_write"] = time.time() - t
 
     manifest = {
@@ -501,3 +642,9 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
     }
     write_manifest_and_report(manifest, cfg, out)
     return manifest
+
+
+if __name__ == "__main__":
+    import sys
+
+    _global_phase_main(sys.argv[1])
