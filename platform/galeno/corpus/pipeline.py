@@ -518,9 +518,9 @@ def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str,
         result.unlink(missing_ok=True)
         before = _alive_nodes()
         # cwd: a folder of the job's own, not the working directory Ray unpacked for the job, which Ray may
-        # clean up once no worker of the job uses it any more
-        child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=work,
-                                 start_new_session=True)
+        # clean up once no worker of the job uses it any more. The same process group as the job, so that
+        # `ray job stop` (or Ctrl-C) stops it too.
+        child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=work)
         lost: list[str] = []
         while child.poll() is None:
             lost = sorted(before - _alive_nodes())
