@@ -110,7 +110,8 @@ def _shard_tasks_on(cluster: Cluster, node_id: str) -> int:
     if listed.returncode != 0 or start < 0:
         return 0
     tasks, _ = json.JSONDecoder().raw_decode(listed.stdout[start:])
-    return sum("ShardWorker" in t.get("name", "") and t.get("state") in ("RUNNING", "FINISHED") for t in tasks)
+    return sum("ShardWorker" in t.get("name", "") and t.get("name", "").endswith(".submit")  # not __init__
+               and t.get("state") in ("RUNNING", "FINISHED") for t in tasks)
 
 
 def _wait(cluster: Cluster, submission: str, timeout: float) -> str:

@@ -378,8 +378,9 @@ def _merge_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[k] += v
 
 
-def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]:
-    """Hash-assign rows to output shards, write them sorted, swap the folders in atomically."""
+def write_outputs(ds, cfg: CorpusConfig, out: Path, swap: bool = True) -> dict[str, dict[str, Any]]:
+    """Hash-assign rows to output shards, write them sorted, swap the folders in (:func:`swap_outputs`;
+    ``swap=False`` leaves that to the caller)."""
     import pyarrow as pa
 
     n = cfg.output_shards
@@ -401,13 +402,20 @@ def write_outputs(ds, cfg: CorpusConfig, out: Path) -> dict[str, dict[str, Any]]
             f = tmp / sub / f"part-{i:05d}.parquet"
             if not f.exists():
                 commit_parquet(pa.Table.from_pylist([], schema=schema), f)
-    for sub, final in (("documents", paths.corpus_documents(out)), ("rejected", paths.corpus_rejected(out))):
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp / sub, final)
+    if swap:
+        swap_outputs(out)
     per_source: dict[str, dict[str, Any]] = {}
     for row in sorted(stats, key=lambda r: (r["source"], r["shard"])):
         _merge_counts(per_source.setdefault(row["source"], _empty_counts()), json.loads(row["counts"]))
     return per_source
+
+
+def swap_outputs(out: Path) -> None:
+    """Move the written ``output.tmp`` folders into place, replacing an earlier run's."""
+    tmp = paths.corpus_work(out) / "output.tmp"
+    for sub, final in (("documents", paths.corpus_documents(out)), ("rejected", paths.corpus_rejected(out))):
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp / sub, final)
 
 
 # --------------------------------------------------------------------------- job
@@ -472,7 +480,7 @@ def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
     return model_dir, model_digest(model_dir)
 
 
-def global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any]]:
+def global_phase(cfg: CorpusConfig, files: list[str], swap: bool = True) -> dict[str, dict[str, Any]]:
     """Steps 5 and 6 over the committed local shards ``files``, then the output; per-source counts."""
     from galeno.corpus.dedup import dedup_documents, dedup_fuzzy_sentences, dedup_sentences
 
@@ -487,7 +495,7 @@ def global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any
         ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
         if cfg.line_dedup.fuzzy:
             ds = dedup_fuzzy_sentences(ds.materialize(), cfg.line_dedup, cfg.num_partitions)
-    return write_outputs(ds, cfg, Path(cfg.output))
+    return write_outputs(ds, cfg, Path(cfg.output), swap)
 
 
 def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any]]:
@@ -506,7 +514,8 @@ def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str,
 
     import ray
 
-    if not (len(_alive_nodes()) > 1 if cfg.global_driver is None else cfg.global_driver):
+    client = ray.util.client.ray.is_connected()  # ray://: the cluster's GCS address is not for this machine
+    if client or not (len(_alive_nodes()) > 1 if cfg.global_driver is None else cfg.global_driver):
         _set_shuffle_timeout(cfg)
         return global_phase(cfg, files)
     work = paths.corpus_work(cfg.output)
@@ -522,16 +531,20 @@ def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str,
         # `ray job stop` (or Ctrl-C) stops it too.
         child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=work)
         lost: list[str] = []
-        while child.poll() is None:
-            lost = sorted(before - _alive_nodes())
-            if lost:
+        try:
+            while child.poll() is None:
+                lost = sorted(before - _alive_nodes())
+                if lost:
+                    break
+                time.sleep(2)
+        finally:  # a node lost, or this process interrupted: the child never outlives the watch
+            if child.poll() is None:
                 child.kill()  # its tasks and actors end with it
                 child.wait()
-                break
-            time.sleep(2)
         if child.returncode == 0 and result.is_file():
+            swap_outputs(Path(cfg.output))
             return json.loads(result.read_text())
-        lost = lost or sorted(before - _alive_nodes())
+        lost = lost or _lost_since(before)
         if not lost:
             raise RuntimeError(f"corpus: the global phase failed (exit code {child.returncode}); its log is above")
         if attempt == cfg.node_loss_retries:
@@ -560,7 +573,7 @@ def _global_phase_main(spec_path: str) -> None:
                  runtime_env=runtime_env)
     init_ray(cfg.ray)
     _set_shuffle_timeout(cfg)
-    per_source = global_phase(cfg, spec["files"])
+    per_source = global_phase(cfg, spec["files"], swap=False)  # the parent swaps, once this driver is done
     result = Path(spec_path).with_name("global-result.json")
     tmp = result.with_suffix(".tmp")
     tmp.write_text(json.dumps(per_source))
@@ -579,6 +592,18 @@ def _alive_nodes() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
+def _lost_since(before: set[str], settle_s: float = 30.0) -> list[str]:
+    """Nodes of ``before`` that are no longer alive. A failure can reach the job before Ray has declared
+    the node that caused it dead (after missed heartbeats), so on a multi-node cluster it waits up to
+    ``settle_s`` for that before it answers none."""
+    deadline = time.time() + (settle_s if len(before) > 1 else 0)
+    while True:
+        lost = sorted(before - _alive_nodes())
+        if lost or time.time() >= deadline:
+            return lost
+        time.sleep(2)
+
+
 def after_node_loss(retries: int, what: str, phase: Callable[[], Any]) -> Any:
     """``phase()``, run again (at most ``retries`` times) when it fails after the cluster lost a node
     while it ran. Both phases may: the local one skips the shards it committed, the global one reads
@@ -589,7 +614,7 @@ def after_node_loss(retries: int, what: str, phase: Callable[[], Any]) -> Any:
         try:
             return phase()
         except Exception as err:  # noqa: BLE001  (re-raised below unless a node was lost)
-            lost = sorted(before - _alive_nodes())
+            lost = _lost_since(before)
             if not lost:
                 raise
             if attempt == retries:
