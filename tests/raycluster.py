@@ -100,8 +100,11 @@ class Cluster:
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # RAY_DEDUP_LOGS=0: tests read which node did what from the job's log, and Ray otherwise folds the
+        # same line from workers on different nodes into one "[repeated Nx across cluster]"
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-                    "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+                    "RAY_ADDRESS": "", "RAY_DEDUP_LOGS": "0",
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     @property
     def address(self) -> str:

@@ -67,7 +67,21 @@ def model_digest(model_dir: str | Path, length: int = 16) -> str:
 def folder_digest(folder: str | Path, pattern: str = "*.parquet", length: int = 16) -> str:
     """sha256 prefix over the files of ``folder`` matching ``pattern`` (names and contents): the
     identity of a stage's data, which a rerun that writes the same files keeps."""
+    from galeno import storage
+
     digest = hashlib.sha256()
+    if storage.is_uri(folder):  # an object store's prefix: its direct children, read in chunks
+        import fnmatch
+
+        prefix = str(folder).partition("?")[0].rstrip("/") + "/"
+        for uri, _, _ in storage.list_files(folder):
+            name = uri.partition("?")[0][len(prefix):]
+            if "/" not in name and fnmatch.fnmatchcase(name, pattern):
+                inner = hashlib.sha256()
+                for chunk in storage.iter_chunks(uri):
+                    inner.update(chunk)
+                digest.update(name.encode() + b"\0" + inner.digest())
+        return digest.hexdigest()[:length]
     for path in sorted(Path(folder).glob(pattern)):
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:length]

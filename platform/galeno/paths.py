@@ -34,13 +34,21 @@ def stage_record(out: str | Path) -> Path:
     return Path(out) / "outputs.json"
 
 
-# --- corpus stage (output contract: docs/corpus.md)
-def corpus_documents(out: str | Path) -> Path:
-    return Path(out) / "documents"
+def _under(out: str | Path, *parts: str) -> Path | str:
+    """``out/parts``: a Path, or a URI string when ``out`` is on an object store (``s3://``)."""
+    from galeno import storage
+
+    return storage.join(str(out), *parts) if storage.is_uri(out) else Path(out).joinpath(*parts)
 
 
-def corpus_rejected(out: str | Path) -> Path:
-    return Path(out) / "rejected"
+# --- corpus stage (output contract: docs/corpus.md). Its data folders may be object-store URIs: they
+# are read and written through galeno.storage; its manifest, report and record stay on the driver's disk.
+def corpus_documents(out: str | Path) -> Path | str:
+    return _under(out, "documents")
+
+
+def corpus_rejected(out: str | Path) -> Path | str:
+    return _under(out, "rejected")
 
 
 def corpus_manifest(out: str | Path) -> Path:
@@ -51,14 +59,22 @@ def corpus_report(out: str | Path) -> Path:
     return Path(out) / "report.md"
 
 
-def corpus_work(out: str | Path) -> Path:
+def corpus_work(out: str | Path) -> Path | str:
     """Intermediate state of a corpus run (resumable shards); safe to delete after a run."""
-    return Path(out) / "_work"
+    return _under(out, "_work")
 
 
-def corpus_local_shards(out: str | Path, tag: str) -> Path:
+def corpus_local_shards(out: str | Path, tag: str) -> Path | str:
     """Per-input-shard output of the document-local steps; ``tag`` hashes the config they used."""
-    return corpus_work(out) / f"local-{tag}"
+    return _under(out, "_work", f"local-{tag}")
+
+
+def corpus_staging(out: str) -> Path:
+    """The driver's own folder for a corpus run whose output is an object-store URI: its manifest, report,
+    stage record and MLflow files are written here first, then copied beside the data."""
+    import hashlib
+
+    return artifact_root() / "corpus-staging" / hashlib.sha256(out.encode()).hexdigest()[:16]
 
 
 # --- tokenizer stage

@@ -163,7 +163,7 @@ def test_corpus_job_survives_a_lost_node(crawl, tmp_path, head_cpus):
             outcome = _wait(cluster, "corpus-2", JOB_TIMEOUT)
             assert outcome == "SUCCEEDED", _logs(cluster, "corpus-2")[-4000:]
             assert "reusing" in _logs(cluster, "corpus-2")
-        restarted = "lost during the global phase" in first_log
+        restarted = "the global phase was interrupted by the loss of node(s)" in first_log
         print(f"head with {head_cpus} CPU(s): {'finished after one resubmission' if resubmitted else 'finished in the same submission'}"
               f"{' (global phase restarted)' if restarted else ''}")
         assert f"on node {head_id}" in first_log  # tasks ran on both nodes (the second's: above)

@@ -162,6 +162,44 @@ def test_rerun_is_identical_and_resumes_at_shard_granularity(sample_run):
     assert second["elapsed_seconds"] != first["elapsed_seconds"]
 
 
+def test_a_phase_runs_again_only_after_a_node_loss(sample_run):
+    """after_node_loss: an ordinary failure is raised as it is, at once; a node loss runs the phase again,
+    and once its retries are spent the error says to resubmit (the cluster test loses a real node)."""
+    from galeno.corpus.pipeline import NodeLost, after_node_loss
+
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("a bug, not a lost node")
+
+    with pytest.raises(ValueError, match="a bug"):
+        after_node_loss(2, "the test phase", broken)
+    assert len(calls) == 1
+
+    calls.clear()
+
+    def lost_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise NodeLost(["node-x"])
+        return "done"
+
+    assert after_node_loss(2, "the test phase", lost_twice) == "done"
+    assert len(calls) == 3
+
+    calls.clear()
+
+    def always_lost():
+        calls.append(1)
+        raise NodeLost(["node-x"])
+
+    with pytest.raises(RuntimeError, match=r"the test phase was interrupted by the loss of node\(s\) node-x .*"
+                                           r"2 time\(s\); resubmit the same job"):
+        after_node_loss(1, "the test phase", always_lost)
+    assert len(calls) == 2
+
+
 def test_changed_step_config_does_not_reuse_stale_shards(sample_run, tmp_path):
     cfg, out, first = sample_run
     cfg2 = sample_config(out, "filters.min_words=4")

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from galeno import __version__, handover, paths
+from galeno import __version__, handover, paths, storage
 from galeno.config import config_hash, from_dict, to_dict
 from galeno.corpus.config import CorpusConfig, SourceConfig, keep_priority
 from galeno.corpus.document import Document, to_row
@@ -61,20 +60,31 @@ def plan_shards(sources: Sequence[SourceConfig], shard_mb: float) -> list[Shard]
     for src in sources:
         files = expand_source(src.path, src.format)
         root = source_root(src.path)
+        stat = _stats(files)
         groups: list[list[str]] = [[]]
         size = 0.0
         for path in files:
-            fsize = os.path.getsize(path)
+            fsize = stat[path][0]
             if groups[-1] and size + fsize > budget:
                 groups.append([])
                 size = 0.0
             groups[-1].append(path)
             size += fsize
         for i, group in enumerate(g for g in groups if g):
-            stamp = config_hash([[p, os.path.getsize(p), int(os.path.getmtime(p))] for p in group], 8)
+            stamp = config_hash([[p, *stat[p]] for p in group], 8)
             shards.append(Shard(f"{src.name}-{i:05d}-{stamp}", src.name, src.format,
                                 keep_priority(sources, src), root, tuple(group), src.deid))
     return shards
+
+
+def _stats(files: list[str]) -> dict[str, tuple[int, int]]:
+    """(size, whole-second mtime) of each input file; an object store's in one listing request per file
+    batch, not one request per file."""
+    if not files or not storage.is_uri(files[0]):
+        return {p: (os.path.getsize(p), int(os.path.getmtime(p))) for p in files}
+    filesystem, _ = storage.resolve(files[0])
+    infos = filesystem.get_file_info([storage.resolve(p)[1] for p in files])
+    return {p: (int(i.size), int(i.mtime.timestamp()) if i.mtime else 0) for p, i in zip(files, infos)}
 
 
 def local_tag(cfg: CorpusConfig, deid_digest: str = "") -> str:
@@ -186,14 +196,50 @@ def row_schema():
 def read_shard(shard: Shard) -> Iterator[Document]:
     from galeno.corpus.readers import read_file
 
-    for path in shard.files:
-        yield from read_file(path, shard.format, shard.source, root=shard.root)
+    if not storage.is_uri(shard.root):
+        for path in shard.files:
+            yield from read_file(path, shard.format, shard.source, root=shard.root)
+        return
+    # On an object store: each file is copied to this worker's disk, at the same place relative to the
+    # source's root, and read there, so its documents get the ids a local copy of the tree would give.
+    # A file that cannot be copied is read as missing: an "unreadable" document, counted like any other.
+    import tempfile
+
+    root = shard.root.partition("?")[0].rstrip("/") + "/"
+    with tempfile.TemporaryDirectory(prefix="galeno-shard-") as tmp:
+        for uri in shard.files:
+            rel = uri.partition("?")[0][len(root):]
+            local = os.path.join(tmp, *rel.split("/"))
+            siblings = [(uri, local)]
+            if shard.format == "brat":  # its annotations say whether the text is a brat document
+                siblings.append((_with_suffix(uri, ".ann"), os.path.splitext(local)[0] + ".ann"))
+            for remote, path in siblings:
+                try:
+                    storage.download(remote, path)
+                except OSError as err:
+                    if remote == uri:
+                        log.warning("corpus: could not copy %s from the object store (%s)", uri, err)
+            yield from read_file(local, shard.format, shard.source, root=tmp)
+            for _, path in siblings:
+                if os.path.exists(path):
+                    os.remove(path)
 
 
-def commit_parquet(table, path: Path) -> None:
-    """Write then rename: a reader (or a resumed run) never sees a half-written file."""
+def _with_suffix(uri: str, suffix: str) -> str:
+    head, sep, query = uri.partition("?")
+    return os.path.splitext(head)[0] + suffix + sep + query
+
+
+def commit_parquet(table, path: Path | str) -> None:
+    """Write so that a reader (or a resumed run) never sees a half-written file: locally to a temporary
+    name, then renamed; on an object store one upload, which appears whole or not at all."""
     import pyarrow.parquet as pq
 
+    if storage.is_uri(path):
+        filesystem, inner = storage.resolve(path)
+        pq.write_table(table, inner, filesystem=filesystem, compression="zstd")
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
@@ -205,7 +251,7 @@ class ShardWorker:
 
     def __init__(self, cfg: dict[str, Any], out_dir: str, deid_model_dir: str = ""):
         self.cfg = from_dict(CorpusConfig, cfg)
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_dir
         self.steps = LocalSteps(self.cfg, deid_model_dir)
         import ray
 
@@ -223,7 +269,7 @@ class ShardWorker:
                 docs = self.steps.deidentify(docs)
             rows = [to_row(self.steps(doc), shard.priority) for doc in docs]
             commit_parquet(pa.Table.from_pylist(rows, schema=row_schema()),
-                           self.out_dir / f"{shard.id}.parquet")
+                           storage.join(self.out_dir, f"{shard.id}.parquet"))
             done["shard"].append(shard.id)
             done["documents"].append(len(rows))
             done["seconds"].append(time.perf_counter() - t0)
@@ -236,7 +282,11 @@ def _read_rows(batch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(p, schema=row_schema()) for p in batch["path"].to_pylist()])
+    tables = []
+    for path in batch["path"].to_pylist():
+        filesystem, inner = storage.resolve(path)
+        tables.append(pq.read_table(inner, filesystem=filesystem, schema=row_schema()))
+    return pa.concat_tables(tables)
 
 
 def read_local_shards(files: list[str]):
@@ -249,12 +299,13 @@ def read_local_shards(files: list[str]):
             .map_batches(_read_rows, batch_size=1, batch_format="pyarrow"))
 
 
-def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path, deid_model_dir: str = "") -> dict[str, Any]:
+def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path | str,
+                    deid_model_dir: str = "") -> dict[str, Any]:
     import ray
     import ray.data
 
-    pending = [s for s in shards
-               if not (cfg.resume and (out_dir / f"{s.id}.parquet").exists())]
+    committed = {storage.name(p) for p, _, _ in storage.list_files(out_dir)} if cfg.resume else set()
+    pending = [s for s in shards if f"{s.id}.parquet" not in committed]
     skipped = len(shards) - len(pending)
     if skipped:
         log.info("corpus: reusing %d of %d input shards that an earlier run committed in %s (same input files, "
@@ -304,7 +355,7 @@ def write_output_part(df, tmp_dir: str):
     import pandas as pd
     import pyarrow as pa
 
-    tmp = Path(tmp_dir)
+    tmp = tmp_dir
     doc_schema, rej_schema = _out_columns()
     stats = []
     for shard, part in df.groupby("out_shard", sort=True):
@@ -328,9 +379,9 @@ def write_output_part(df, tmp_dir: str):
                                  "duplicate_of_source": row.get("duplicate_of_source"),
                                  "meta": row["meta"]})
         commit_parquet(pa.Table.from_pylist(kept, schema=doc_schema),
-                       tmp / "documents" / f"part-{int(shard):05d}.parquet")
+                       storage.join(tmp, "documents", f"part-{int(shard):05d}.parquet"))
         commit_parquet(pa.Table.from_pylist(rejected, schema=rej_schema),
-                       tmp / "rejected" / f"part-{int(shard):05d}.parquet")
+                       storage.join(tmp, "rejected", f"part-{int(shard):05d}.parquet"))
         stats.extend({"shard": int(shard), "source": s, "counts": json.dumps(c)}
                      for s, c in counts.items())
     return pd.DataFrame(stats, columns=["shard", "source", "counts"])
@@ -378,14 +429,14 @@ def _merge_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[k] += v
 
 
-def write_outputs(ds, cfg: CorpusConfig, out: Path, swap: bool = True) -> dict[str, dict[str, Any]]:
+def write_outputs(ds, cfg: CorpusConfig, out: Path | str, swap: bool = True) -> dict[str, dict[str, Any]]:
     """Hash-assign rows to output shards, write them sorted, swap the folders in (:func:`swap_outputs`;
     ``swap=False`` leaves that to the caller)."""
     import pyarrow as pa
 
     n = cfg.output_shards
-    tmp = paths.corpus_work(out) / "output.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = storage.join(paths.corpus_work(out), "output.tmp")
+    storage.remove_tree(tmp)
 
     def assign(df):
         df["out_shard"] = [_shard_of(k, n) for k in df["key"]]
@@ -399,8 +450,8 @@ def write_outputs(ds, cfg: CorpusConfig, out: Path, swap: bool = True) -> dict[s
     doc_schema, rej_schema = _out_columns()
     for i in range(n):  # shards that received no rows still exist, so the layout is fixed
         for sub, schema in (("documents", doc_schema), ("rejected", rej_schema)):
-            f = tmp / sub / f"part-{i:05d}.parquet"
-            if not f.exists():
+            f = storage.join(tmp, sub, f"part-{i:05d}.parquet")
+            if not storage.exists(f):
                 commit_parquet(pa.Table.from_pylist([], schema=schema), f)
     if swap:
         swap_outputs(out)
@@ -410,12 +461,11 @@ def write_outputs(ds, cfg: CorpusConfig, out: Path, swap: bool = True) -> dict[s
     return per_source
 
 
-def swap_outputs(out: Path) -> None:
+def swap_outputs(out: Path | str) -> None:
     """Move the written ``output.tmp`` folders into place, replacing an earlier run's."""
-    tmp = paths.corpus_work(out) / "output.tmp"
+    tmp = storage.join(paths.corpus_work(out), "output.tmp")
     for sub, final in (("documents", paths.corpus_documents(out)), ("rejected", paths.corpus_rejected(out))):
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp / sub, final)
+        storage.replace_tree(storage.join(tmp, sub), final)
 
 
 # --------------------------------------------------------------------------- job
@@ -427,9 +477,9 @@ def absolute_paths(cfg: CorpusConfig) -> CorpusConfig:
     """
     cfg = from_dict(CorpusConfig, to_dict(cfg))
     for src in cfg.sources:
-        src.path = os.path.abspath(src.path)
+        src.path = paths.absolute(src.path)
     cfg.decontaminate.paths = [os.path.abspath(p) for p in cfg.decontaminate.paths]
-    cfg.output = os.path.abspath(cfg.output)
+    cfg.output = paths.absolute(cfg.output)
     return cfg
 
 
@@ -440,12 +490,12 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
     if not cfg.sources:
         raise ValueError("no sources: give --source NAME=FORMAT:PATH or a --config with sources")
     cfg = absolute_paths(cfg)
-    out = Path(cfg.output)
+    out = Path(driver_folder(cfg))  # cfg.output itself, unless that is an object store
     handover.clear(out)
     deid_dir, deid_digest = _deid_model(cfg)
     tag = local_tag(cfg, deid_digest)
-    with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{out.name}",
-                 tags={"galeno.local_tag": tag}) as tracker:
+    with job_run(cfg.tracking, "corpus", out, to_dict(cfg), run_name=f"corpus-{storage.name(cfg.output)}",
+                 tags={"galeno.local_tag": tag, "galeno.output": cfg.output}) as tracker:
         manifest = _run(cfg, tag, deid_dir)
         # per-corpus counts (words_out is the token count of the report), drops by reason, timings
         tracker.log_metrics(flat_metrics({"total": manifest["total"], "source": manifest["sources"],
@@ -453,6 +503,14 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         tracker.set_tags({"galeno.corpus_manifest_hash": file_hash(paths.corpus_manifest(out))})
         tracker.log_artifact(paths.corpus_manifest(out))
         tracker.log_artifact(paths.corpus_report(out))
+    if storage.is_uri(cfg.output):
+        # beside the data on the object store; the stage record (what the next stage reads from a local
+        # folder) is not written: the next stage needs the documents on a local or mounted path
+        for local in (paths.corpus_manifest(out), paths.corpus_report(out)):
+            storage.upload(str(local), storage.join(cfg.output, local.name))
+        log.info("corpus: wrote %s (documents/, rejected/, manifest.json, report.md); the manifest and report "
+                 "are also in %s", cfg.output, out)
+        return manifest
     skipped = manifest.get("shards_skipped_on_resume", 0)
     notes = [f"reused {skipped} of {manifest['shards']} input shards that an earlier run committed (same input "
              f"files, config and corpus code)"] if skipped else []
@@ -462,6 +520,17 @@ def run(cfg: CorpusConfig) -> dict[str, Any]:
         words_out=int(manifest["total"].get("words_out", 0)), documents_digest=manifest["documents_digest"],
         notes=notes))
     return manifest
+
+
+def driver_folder(cfg: CorpusConfig) -> str:
+    """Where the job's driver keeps its own files (manifest, report, stage record, MLflow's local files,
+    the global phase's spec): ``output`` itself, or, when that is an object-store URI, a local folder
+    (:func:`galeno.paths.corpus_staging`) whose manifest and report are copied up at the end."""
+    if not storage.is_uri(cfg.output):
+        return cfg.output
+    folder = paths.corpus_staging(cfg.output).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def _deid_model(cfg: CorpusConfig) -> tuple[str, str]:
@@ -495,12 +564,12 @@ def global_phase(cfg: CorpusConfig, files: list[str], swap: bool = True) -> dict
         ds = dedup_sentences(ds, cfg.line_dedup, cfg.num_partitions)
         if cfg.line_dedup.fuzzy:
             ds = dedup_fuzzy_sentences(ds.materialize(), cfg.line_dedup, cfg.num_partitions)
-    return write_outputs(ds, cfg, Path(cfg.output), swap)
+    return write_outputs(ds, cfg, cfg.output, swap)
 
 
 def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str, Any]]:
-    """:func:`global_phase` in a driver process of its own on the same cluster, started again (at most
-    ``node_loss_retries`` times) when a node is lost while it runs; in this process on a one-node cluster
+    """:func:`global_phase`, started again (at most ``node_loss_retries`` times) when a node is lost while it
+    runs; in a driver process of its own on a multi-node cluster, in this process on one node
     (``global_driver``).
 
     Its shuffles keep their intermediate blocks in the object store. When a node goes, Ray recomputes
@@ -509,51 +578,58 @@ def run_global_phase(cfg: CorpusConfig, files: list[str]) -> dict[str, dict[str,
     possible: when it is killed, Ray ends every task and actor it owns, and the phase starts again from
     the committed local shards, which no node loss can take. Its output is swapped in only at the end,
     so a killed attempt leaves nothing behind."""
-    import subprocess
-    import sys
-
     import ray
 
     client = ray.util.client.ray.is_connected()  # ray://: the cluster's GCS address is not for this machine
     if client or not (len(_alive_nodes()) > 1 if cfg.global_driver is None else cfg.global_driver):
         _set_shuffle_timeout(cfg)
-        return global_phase(cfg, files)
-    work = paths.corpus_work(cfg.output)
+        return after_node_loss(cfg.node_loss_retries, "the global phase", lambda: global_phase(cfg, files))
+    work = Path(paths.corpus_work(driver_folder(cfg)))
     work.mkdir(parents=True, exist_ok=True)
-    spec, result = work / "global.json", work / "global-result.json"
+    spec = work / "global.json"
     spec.write_text(json.dumps({"config": to_dict(cfg), "files": files,
                                 "address": ray.get_runtime_context().gcs_address}))
-    for attempt in range(cfg.node_loss_retries + 1):
-        result.unlink(missing_ok=True)
-        before = _alive_nodes()
-        # cwd: a folder of the job's own, not the working directory Ray unpacked for the job, which Ray may
-        # clean up once no worker of the job uses it any more. The same process group as the job, so that
-        # `ray job stop` (or Ctrl-C) stops it too.
-        child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=work)
-        lost: list[str] = []
-        try:
-            while child.poll() is None:
-                lost = sorted(before - _alive_nodes())
-                if lost:
-                    break
-                time.sleep(2)
-        finally:  # a node lost, or this process interrupted: the child never outlives the watch
-            if child.poll() is None:
-                child.kill()  # its tasks and actors end with it
-                child.wait()
-        if child.returncode == 0 and result.is_file():
-            swap_outputs(Path(cfg.output))
-            return json.loads(result.read_text())
-        lost = lost or _lost_since(before)
-        if not lost:
-            raise RuntimeError(f"corpus: the global phase failed (exit code {child.returncode}); its log is above")
-        if attempt == cfg.node_loss_retries:
-            raise RuntimeError(f"corpus: the global phase was interrupted by the loss of node(s) {', '.join(lost)}, "
-                               f"{attempt + 1} time(s); resubmit the same job: it resumes from the committed input "
-                               "shards")
-        log.warning("corpus: node(s) %s lost during the global phase: starting it again on the nodes left, from the "
-                    "committed input shards (retry %d of %d)", ", ".join(lost), attempt + 1, cfg.node_loss_retries)
-    raise AssertionError("unreachable")
+    return after_node_loss(cfg.node_loss_retries, "the global phase",
+                           lambda: _global_phase_child(spec, cfg.output))
+
+
+class NodeLost(RuntimeError):
+    """Raised by a watcher that saw node(s) of the cluster go while its work ran."""
+
+    def __init__(self, nodes: list[str]):
+        super().__init__(f"node(s) {', '.join(nodes)} lost")
+        self.nodes = nodes
+
+
+def _global_phase_child(spec: Path, out: str) -> dict[str, dict[str, Any]]:
+    """One attempt of the global phase in a child driver (``python -m galeno.corpus.pipeline SPEC``),
+    watched: killed, and :class:`NodeLost` raised, as soon as a node of the cluster goes. Its output is
+    swapped in here, after it exited 0, so a killed child cannot leave documents/ and rejected/ out of step."""
+    import subprocess
+    import sys
+
+    result = spec.with_name("global-result.json")
+    result.unlink(missing_ok=True)
+    before = _alive_nodes()
+    # cwd: a folder of the job's own, not the working directory Ray unpacked for the job, which Ray may
+    # clean up once no worker of the job uses it any more. The same process group as the job, so that
+    # `ray job stop` (or Ctrl-C) stops it too.
+    child = subprocess.Popen([sys.executable, "-m", "galeno.corpus.pipeline", str(spec)], cwd=spec.parent)
+    try:
+        while child.poll() is None:
+            lost = sorted(before - _alive_nodes())
+            if lost:
+                raise NodeLost(lost)
+            time.sleep(2)
+    finally:  # a node lost, or this process interrupted: the child never outlives the watch
+        if child.poll() is None:
+            child.kill()  # its tasks and actors end with it
+            child.wait()
+    if child.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"corpus: the global phase's driver failed (exit code {child.returncode}); its log is "
+                           "above")
+    swap_outputs(out)
+    return json.loads(result.read_text())
 
 
 def _global_phase_main(spec_path: str) -> None:
@@ -609,23 +685,24 @@ def after_node_loss(retries: int, what: str, phase: Callable[[], Any]) -> Any:
     while it ran. Both phases may: the local one skips the shards it committed, the global one reads
     only committed shards and swaps its output in at the end. A failure with every node still alive
     is raised as it is; one after a node loss, once the retries are spent, says how to resume."""
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         before = _alive_nodes()
         try:
             return phase()
         except Exception as err:  # noqa: BLE001  (re-raised below unless a node was lost)
-            lost = _lost_since(before)
+            lost = err.nodes if isinstance(err, NodeLost) else _lost_since(before)
             if not lost:
                 raise
             if attempt == retries:
                 raise RuntimeError(
-                    f"corpus: {what} failed after the cluster lost node(s) {', '.join(lost)} "
+                    f"corpus: {what} was interrupted by the loss of node(s) {', '.join(lost)} "
                     f"({type(err).__name__}), {retries + 1} time(s); resubmit the same job: it resumes from "
                     "the input shards committed so far") from err
-            log.warning("corpus: %s failed after the cluster lost node(s) %s (%s); running it again on the "
+            attempt += 1
+            log.warning("corpus: %s was interrupted by the loss of node(s) %s (%s); running it again on the "
                         "nodes left, from the shards committed so far (retry %d of %d)", what, ", ".join(lost),
-                        type(err).__name__, attempt + 1, retries)
-    raise AssertionError("unreachable")
+                        type(err).__name__, attempt, retries)
 
 
 def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
@@ -634,7 +711,7 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
     from galeno.runtime import init_ray
 
     t0 = time.time()
-    out = Path(cfg.output)
+    out = cfg.output  # documents/, rejected/ and the committed shards: a folder, or an object-store URI
     init_ray(cfg.ray)
     timings: dict[str, float] = {}
 
@@ -650,7 +727,7 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
     timings["local"] = time.time() - t
 
     t = time.time()
-    per_source = run_global_phase(cfg, [str(local_dir / f"{s.id}.parquet") for s in shards])
+    per_source = run_global_phase(cfg, [str(storage.join(local_dir, f"{s.id}.parquet")) for s in shards])
     timings["global_and_write"] = time.time() - t
 
     manifest = {
@@ -665,7 +742,7 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
         # what the documents are, not when they were made: a rerun that writes the same files keeps it
         "documents_digest": folder_digest(paths.corpus_documents(out)),
     }
-    write_manifest_and_report(manifest, cfg, out)
+    write_manifest_and_report(manifest, cfg, Path(driver_folder(cfg)))
     return manifest
 
 

@@ -64,7 +64,17 @@ def _extensions(fmt: str) -> tuple[str, ...]:
 
 
 def source_root(pattern: str) -> str:
-    """The directory that ids are made relative to, so they do not depend on the glob used."""
+    """The directory that ids are made relative to, so they do not depend on the glob used. For an
+    object-store URI (``s3://bucket/prefix``), the prefix, as a URI."""
+    from galeno import storage
+
+    if storage.is_uri(pattern):
+        head, _, query = pattern.partition("?")
+        if _is_glob(head):
+            head = head[:_GLOB_CHARS.search(head).start()].rpartition("/")[0]
+        elif storage.is_file(pattern):
+            head = head.rpartition("/")[0]
+        return head.rstrip("/") + ("?" + query if query else "")
     if not _is_glob(pattern):
         return os.path.normpath(pattern if os.path.isdir(pattern) else os.path.dirname(pattern))
     head: list[str] = []
@@ -85,9 +95,35 @@ def _walk(top: str, exts: tuple[str, ...]) -> Iterator[str]:
                 yield os.path.join(folder, name)
 
 
+def _expand_uri(pattern: str, fmt: str, exts: tuple[str, ...]) -> list[str]:
+    """:func:`expand_source` on an object store: every object under the prefix with the format's
+    extensions, or, for a glob, every object whose key matches it (``fnmatch``: ``*`` also crosses ``/``)."""
+    import fnmatch
+
+    from galeno import storage
+
+    head = pattern.partition("?")[0]
+    if _is_glob(head):
+        return [uri for uri, _, _ in storage.list_files(source_root(pattern))
+                if fnmatch.fnmatchcase(uri.partition("?")[0], head)
+                and (fmt != "brat" or uri.partition("?")[0].lower().endswith(".txt"))]
+    if storage.is_file(pattern):  # one object named in full
+        return [pattern] if fmt != "brat" or head.lower().endswith(".txt") else []
+    return [uri for uri, _, _ in storage.list_files(pattern) if uri.partition("?")[0].lower().endswith(exts)]
+
+
 def expand_source(pattern: str, fmt: str) -> list[str]:
-    """Input files of one source, sorted so that shards and ids are the same on every run."""
+    """Input files of one source, sorted so that shards and ids are the same on every run. ``pattern``
+    may be an object-store URI (``s3://bucket/prefix``); its files are then URIs too."""
+    from galeno import storage
+
     exts = _extensions(fmt)
+    if storage.is_uri(pattern):
+        found = _expand_uri(pattern, fmt, exts)
+        if not found:
+            raise FileNotFoundError(f"no {fmt} input matches {pattern!r} (a prefix is searched for "
+                                    f"{', '.join(exts)}; a glob matches whole keys)")
+        return sorted(found)
     if _is_glob(pattern):
         matches = glob.glob(pattern, recursive=True)
     else:
