@@ -20,6 +20,28 @@ import shutil
 import time
 
 
+def object_store_stats() -> dict:
+    """What the object store spilled to disk and restored over the run (Ray's own counters, as
+    ``ray memory --stats-only`` prints them); empty if this Ray version words them otherwise."""
+    import re
+
+    try:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(stats_only=True)
+    except Exception as err:  # noqa: BLE001  (an internal API: the benchmark still reports the rest)
+        return {"error": type(err).__name__}
+    out = {}
+    for key, pattern in (("spilled_mib", r"Spilled (\d+) MiB, (\d+) objects"),
+                         ("restored_mib", r"Restored (\d+) MiB, (\d+) objects")):
+        m = re.search(pattern, text)
+        if m:
+            out[key], out[key.replace("_mib", "_objects")] = int(m.group(1)), int(m.group(2))
+    if "spilled_mib" not in out and "Spilled" not in text:
+        out["spilled_mib"] = out["spilled_objects"] = 0  # Ray prints the line only once something spilled
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", required=True, help="folder of *.jsonl ({id, text})")
@@ -54,6 +76,7 @@ def main() -> None:
     # (a fraction of a second, counted in the global mark).
     split = wall1 - manifest["stage_seconds"].get("global_and_write", 0.0)
     marks = {"local_part": [wall0, split], "global_part": [split, wall1]}
+    store = object_store_stats()
     ray.shutdown()
 
     total = manifest.get("total") or {}
@@ -69,8 +92,11 @@ def main() -> None:
         "sentences_in": total.get("sentences_in"),
         "sentences_out": total.get("sentences_out"),
         "sentence_drops": total.get("sentence_drops"),
+        "words_in": total.get("words_in"),
+        "words_out": total.get("words_out"),
         "shards": manifest.get("shards"),
         "marks": marks,
+        "object_store": store,
         "config": {k: to_dict(getattr(cfg, k)) for k in
                    ("normalize", "langid", "filters", "line_dedup", "minhash")}
                   | {"shard_mb": cfg.shard_mb, "num_partitions": cfg.num_partitions,

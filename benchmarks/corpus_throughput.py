@@ -155,24 +155,31 @@ def process_kind(cmdline: str, is_root: bool) -> str:
     return "other: " + cmdline[:60]
 
 
-def run_timed(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
-    """Run a side's subprocess; its last stdout line is its JSON result."""
-    busy0, _ = _cpu_jiffies()
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    # Own session: an interrupted benchmark takes the side's workers (and Ray) down with it,
-    # and the CPU sampler can tell the side's processes from everything else.
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def run_sampled(cmd: list[str], sampler_class=None, stderr=subprocess.PIPE, env: dict | None = None):
+    """Run ``cmd`` in a session of its own, its process tree watched by ``sampler_class(pid)`` (a
+    :class:`TreeCPU`); returns (process, stdout, stderr, CPU seconds, sampler). The own session: an
+    interrupted benchmark takes the side's workers (and Ray) down with it, and the sampler can tell the
+    side's processes from everything else."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
-    sampler = TreeCPU(proc.pid)
+    sampler = (sampler_class or TreeCPU)(proc.pid)
     sampler.start()
     try:
-        stdout, stderr = proc.communicate()
+        stdout, err = proc.communicate()
     except BaseException:
         os.killpg(proc.pid, signal.SIGTERM)
         raise
     finally:
         cpu = sampler.stop()
+    return proc, stdout, err, cpu, sampler
+
+
+def run_timed(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
+    """Run a side's subprocess; its last stdout line is its JSON result."""
+    busy0, _ = _cpu_jiffies()
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc, stdout, stderr, cpu, sampler = run_sampled(cmd, TreeCPU, env=env)
     wall = time.perf_counter() - t0
     busy1, _ = _cpu_jiffies()
     log_path.parent.mkdir(parents=True, exist_ok=True)

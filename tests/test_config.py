@@ -113,3 +113,27 @@ def test_the_deid_recipe_layers_on_meddocan():
     cfg = load(NERConfig, repo / "configs" / "ner" / "meddocan-deid.yaml")
     assert cfg.data.format == "brat" and cfg.data.train.endswith("meddocan/train/brat")  # from meddocan.yaml
     assert cfg.task == "meddocan-deid" and cfg.select == "dev_f2" and cfg.o_weight < 1 and cfg.data.empty_fraction < 1
+
+
+def test_object_store_size_bounds_a_local_ray():
+    """``ray.object_store_mb`` sizes the object store of the Ray a job starts (what bounds the corpus
+    job's shared memory: benchmarks/corpus_scale.py); a size Ray cannot use fails at load."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from galeno.corpus.config import CorpusConfig
+
+    with pytest.raises(ValueError, match="object_store_mb"):
+        load(CorpusConfig, None, ["ray.object_store_mb=10"])
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    code = ("import ray; from galeno.runtime import RayConfig, init_ray; "
+            f"init_ray(RayConfig(num_cpus=1, object_store_mb=96, temp_dir={temp!r})); "
+            "print(int(ray.cluster_resources()['object_store_memory'])); ray.shutdown()")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.strip().splitlines()[-1]) == 96 * 2**20

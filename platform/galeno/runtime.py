@@ -82,6 +82,10 @@ class RayConfig:
     temp_dir: Optional[str] = None
     """Where a local Ray started by the job keeps its session (logs, sockets); default /tmp/ray. Keep the
     path short: Ray's socket paths under it must fit in 107 characters."""
+    object_store_mb: Optional[int] = None
+    """Object store size in MiB for a local Ray started by the job (default: Ray's, 30% of memory). Blocks
+    beyond it spill to disk (``temp_dir``), so this bounds the job's shared memory. Ignored when joining a
+    cluster (set it with ``ray start --object-store-memory``)."""
     progress_bars: Optional[bool] = None
     """Show Ray Data's progress bars; default: only when stderr is a terminal (in a log file each update
     is a line of its own)."""
@@ -89,6 +93,8 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError("ray.num_cpus must be >= 1")
+        if self.object_store_mb is not None and self.object_store_mb < 64:
+            raise ValueError("ray.object_store_mb must be >= 64 (MiB)")
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -104,6 +110,8 @@ def init_ray(cfg: RayConfig) -> None:
         else:
             if cfg.temp_dir:
                 kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
+            if cfg.object_store_mb:
+                kwargs["object_store_memory"] = cfg.object_store_mb * 2**20
             ray.init(address="local", num_cpus=cfg.num_cpus, _system_config=LOCAL_SYSTEM_CONFIG,
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, **kwargs)
         log.info("Ray: %s", ray.cluster_resources())

@@ -299,17 +299,25 @@ def read_local_shards(files: list[str]):
             .map_batches(_read_rows, batch_size=1, batch_format="pyarrow"))
 
 
+def committed_shards(cfg: CorpusConfig, shards: list[Shard], out_dir: Path | str) -> set[str]:
+    """Ids of the ``shards`` already committed in ``out_dir`` (none with ``resume`` off)."""
+    if not cfg.resume:
+        return set()
+    names = {storage.name(p) for p, _, _ in storage.list_files(out_dir)}
+    return {s.id for s in shards if f"{s.id}.parquet" in names}
+
+
 def run_local_phase(cfg: CorpusConfig, shards: list[Shard], out_dir: Path | str,
                     deid_model_dir: str = "") -> dict[str, Any]:
     import ray
     import ray.data
 
-    committed = {storage.name(p) for p, _, _ in storage.list_files(out_dir)} if cfg.resume else set()
-    pending = [s for s in shards if f"{s.id}.parquet" not in committed]
+    committed = committed_shards(cfg, shards, out_dir)
+    pending = [s for s in shards if s.id not in committed]
     skipped = len(shards) - len(pending)
     if skipped:
-        log.info("corpus: reusing %d of %d input shards that an earlier run committed in %s (same input files, "
-                 "config and corpus code); resume=false, or deleting that folder, redoes them",
+        log.info("corpus: reusing %d of %d input shards that an earlier run or attempt committed in %s (same "
+                 "input files, config and corpus code); resume=false, or deleting that folder, redoes them",
                  skipped, len(shards), out_dir)
     if pending:
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
@@ -722,8 +730,11 @@ def _run(cfg: CorpusConfig, tag: str, deid_dir: str = "") -> dict[str, Any]:
     if cfg.deid.enabled:
         log.info("corpus: de-identifying %s with %s first", ", ".join(s.name for s in cfg.sources if s.deid),
                  cfg.deid.describe())
+    reused = len(committed_shards(cfg, shards, local_dir))  # by earlier runs, before this one started
     resume_info = after_node_loss(cfg.node_loss_retries, "the local phase",
                                   lambda: run_local_phase(cfg, shards, local_dir, deid_dir))
+    # a retry after a node loss also skips what its failed attempt committed: not a resume
+    resume_info["shards_skipped_on_resume"] = reused
     timings["local"] = time.time() - t
 
     t = time.time()
