@@ -111,22 +111,6 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         return f.read()
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` so that a reader sees all of it or nothing: locally a temporary file renamed into
-    place, on an object store one PUT."""
-    if not is_uri(path):
-        target = os.path.abspath(str(path))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-        return
-    filesystem, inner = resolve(path)
-    with filesystem.open_output_stream(inner) as f:
-        f.write(data)
-
-
 def download(path: str | os.PathLike, local: str) -> None:
     """Copy one file (or object) to the local path ``local``."""
     from pyarrow import fs
@@ -138,9 +122,12 @@ def download(path: str | os.PathLike, local: str) -> None:
 
 
 def upload(local: str, path: str | os.PathLike) -> None:
-    """Copy the local file ``local`` to ``path`` (a whole-object write)."""
-    with open(local, "rb") as f:
-        write_bytes(path, f.read())
+    """Copy the local file ``local`` to ``path`` (on an object store, one whole-object write)."""
+    from pyarrow import fs
+
+    filesystem, inner = resolve(path)
+    fs.copy_files(os.path.abspath(local), inner, source_filesystem=fs.LocalFileSystem(),
+                  destination_filesystem=filesystem)
 
 
 def remove_tree(path: str | os.PathLike) -> None:
