@@ -44,6 +44,8 @@ SLICE = ["data.train_sentences=2000", "data.max_length=128", "data.group_by_leng
 RECIPES = {"small": ["epochs=5", "warmup_fraction=0.1", "optim.lr=1e-3"],
            "minilm": ["epochs=2", "warmup_fraction=0.1", "optim.lr=3e-4"]}
 PUBLISHED = {"pharmaconer": 0.8913, "cantemist": 0.8340}  # bsc-bio-ehr-es model card, entity F1
+# the published run: 125,000 steps x 2,048 sequences x 512 tokens in 48 h on 16 V100 (docs/cluster.md)
+PUBLISHED_TOKENS_PER_V100_HOUR = 131e9 / 768
 
 
 def minilm() -> str:
@@ -184,6 +186,59 @@ def cmd_report(args) -> None:
         for task, step, tokens, r in curve:
             print(f"| {task} | {step} | {tokens:,} | {_cell(r)} | {len(r['seeds'])} |")
         plot(curve, Path(args.scratch) if args.scratch else None)
+        print("\n| task | points fitted | F1 gained per 10x tokens | R² | tokens to the published F1 | "
+              "V100-hours at RoBERTa-base's rate |\n|---|---|---:|---:|---:|---:|")
+        for fit in extrapolate(curve):
+            need = fit["tokens_to_target"]
+            hours = f"{need / PUBLISHED_TOKENS_PER_V100_HOUR:.3g}" if need else "never"
+            print(f"| {fit['task']} ({fit['target']}) | {fit['points']} | {fit['slope']:+.4f} | {fit['r2']:.2f} | "
+                  f"{f'{need:.3g}' if need else 'never (no gain per token)'} | {hours} |")
+
+
+def fit_log_linear(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """Least-squares F1 = intercept + slope * log10(tokens) over (tokens, F1) pairs: (intercept, slope, R²)."""
+    import math
+
+    xs, ys = [math.log10(t) for t, _ in points], [f for _, f in points]
+    if len(set(xs)) < 2:
+        raise ValueError("a line needs points at two token counts at least")
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    total = sum((y - my) ** 2 for y in ys)
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    return intercept, slope, (1 - residual / total) if total else 1.0
+
+
+def extrapolate(curve) -> list[dict[str, Any]]:
+    """Where the curve's log-linear trend reaches the published F1, per task.
+
+    The assumption (stated in docs/results.md): below saturation, NER F1 grows linearly in log(pretraining tokens)
+    for a fixed model and fine-tuning budget. Fitted on every seed of the points past the step out of "all O": the
+    first pretrained point at which every seed predicts entities, and the points after it. A random start (0 tokens)
+    has no logarithm and is left out. Two fits: all those points, and the second half of the run alone (the trend
+    now)."""
+    import math
+
+    out = []
+    for task in sorted({c[0] for c in curve}):
+        pts = sorted((tokens, [s["dev_f1"] for s in r["seeds"]]) for t, _, tokens, r in curve if t == task and tokens)
+        first = next((i for i, (_, f1s) in enumerate(pts) if min(f1s) > 0), None)
+        if first is None or task not in PUBLISHED:
+            continue
+        last = pts[-1][0]
+        for label, chosen in (("past the step", pts[first:]), ("second half", [p for p in pts[first:] if p[0] >= last / 2.5])):
+            pairs = [(tokens, f1) for tokens, f1s in chosen for f1 in f1s]
+            if len({t for t, _ in pairs}) < 2:
+                continue
+            intercept, slope, r2 = fit_log_linear(pairs)
+            target = PUBLISHED[task]
+            need = 10 ** ((target - intercept) / slope) if slope > 0 else None
+            out.append({"task": task, "target": target, "points": f"{label}: {len({t for t, _ in pairs})} x "
+                        f"{len(pairs) // len({t for t, _ in pairs})} seeds", "slope": slope, "r2": r2,
+                        "tokens_to_target": need if need is None or math.isfinite(need) else None})
+    return out
 
 
 def _curve_rows(run: Path | None) -> list[tuple[str, int, int, dict[str, Any]]]:
@@ -234,7 +289,9 @@ def plot(curve, run: Path | None = None) -> None:
     ax.set_xlabel("pretraining tokens seen (millions; the random start drawn at 0.01)")
     ax.set_ylabel("NER entity F1 on dev")
     ax.set_ylim(0, 1)
-    ax.set_title("4 x 256 pretrained on the clinical corpus: NER dev F1 (one seed)", fontsize=9)
+    seeds = sorted({len(r["seeds"]) for *_, r in curve})
+    ax.set_title(f"4 x 256 pretrained on the clinical corpus: NER dev F1 ({'-'.join(map(str, seeds))} seeds a point;"
+                 " bars: std)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
