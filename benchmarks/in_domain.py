@@ -5,6 +5,8 @@
         --scratch artifacts/pretrain/clinical-1h --continual artifacts/pretrain/minilm-clinical
     # the learning curve of (b): NER dev F1 against pretraining tokens seen (0, 1/8, 1/4, 1/2 and all of the run)
     python benchmarks/in_domain.py curve --scratch artifacts/pretrain/clinical-1h --tasks pharmaconer,cantemist
+    # a diagnostic beside a row pair, e.g. a lighter O label: cells pharmaconer-a-ow03 and pharmaconer-b-ow03
+    python benchmarks/in_domain.py table --rows a,b --tasks pharmaconer --seeds 42 --variant ow03 --set o_weight=0.3 ...
     python benchmarks/in_domain.py report          # the Markdown tables and docs/learning_curve.png from what ran
 
 Every cell is one real ``jobs/finetune_ner.py`` run (a fresh process, tracked in MLflow like any run), in
@@ -73,6 +75,7 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
         subprocess.run(cmd, cwd=REPO, check=True, stdout=fh, stderr=subprocess.STDOUT)
     done = json.loads(results.read_text())
     done["wall_seconds"] = round(time.time() - t0, 1)
+    done["variant"] = [e for e in extra if e != "init=random"]
     results.write_text(json.dumps(done, indent=2))
     return done
 
@@ -138,7 +141,8 @@ def cmd_table(args) -> None:
     for task in args.tasks:
         for row in args.rows:
             model, recipe, extra = model_for(row, args)
-            finetune(task, row, model, recipe, args.seeds, extra)
+            name = f"{row}-{args.variant}" if args.variant else row
+            finetune(task, name, model, recipe, args.seeds, [*extra, *args.set])
 
 
 def cmd_curve(args) -> None:
@@ -162,24 +166,30 @@ def cmd_report(args) -> None:
     rows = []
     for task in TASKS:
         for row in ROWS:
-            path = ROOT / f"{task}-{row}" / "results.json"
-            if path.is_file():
-                r = json.loads(path.read_text())
-                rows.append((task, row, r))
+            variants = sorted(p.parent.name[len(f"{task}-{row}-"):] for p in ROOT.glob(f"{task}-{row}-*/results.json")
+                              if not p.parent.name.startswith(f"{task}-b-step"))
+            for name in [row, *(f"{row}-{v}" for v in variants)]:
+                path = ROOT / f"{task}-{name}" / "results.json"
+                if path.is_file():
+                    rows.append((task, name, json.loads(path.read_text())))
     print("| task | model | dev F1 (mean ± std) | span F1 | dev2 F1 | dev2 span F1 | seeds | wall (min) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for task, row, r in rows:
-        print(f"| {task} | ({row}) {ROWS[row]} | {_cell(r)} | {_cell(r, 'dev_span_f1')} | {_cell(r, 'dev2_f1')} | "
+    for task, name, r in rows:
+        row, _, variant = name.partition("-")
+        what = ROWS[row] + (f"; variant {variant}: {' '.join(r.get('variant', []))}" if variant else "")
+        print(f"| {task} | ({name}) {what} | {_cell(r)} | {_cell(r, 'dev_span_f1')} | {_cell(r, 'dev2_f1')} | "
               f"{_cell(r, 'dev2_span_f1')} | {len(r['seeds'])} | {r.get('wall_seconds', r['elapsed_seconds']) / 60:.1f} |")
-    for task in TASKS:
-        for x, y in (("b", "a"), ("d", "c")):
-            px, py = ROOT / f"{task}-{x}" / "results.json", ROOT / f"{task}-{y}" / "results.json"
-            if px.is_file() and py.is_file():
-                rx, ry = json.loads(px.read_text()), json.loads(py.read_text())
-                gap = rx["dev_f1_mean"] - ry["dev_f1_mean"]
-                spread = max(rx["dev_f1_std"], ry["dev_f1_std"])
-                sds = f"{gap / spread:+.1f} std" if spread else "one seed: no std"
-                print(f"- {task}: ({x}) - ({y}) = {gap:+.4f} F1 ({sds})")
+    done = {(task, name): r for task, name, r in rows}
+    for (task, x), rx in done.items():
+        row, dash, variant = x.partition("-")
+        y = {"b": "a", "d": "c"}.get(row, "") + dash + variant
+        if row not in ("b", "d") or (task, y) not in done:
+            continue
+        ry = done[task, y]
+        gap = rx["dev_f1_mean"] - ry["dev_f1_mean"]
+        spread = max(rx["dev_f1_std"], ry["dev_f1_std"])
+        sds = f"{gap / spread:+.1f} std" if spread else "one seed: no std"
+        print(f"- {task}: ({x}) - ({y}) = {gap:+.4f} F1 ({sds})")
     curve = _curve_rows(Path(args.scratch) if args.scratch else None)
     if curve:
         print("\n| task | pretraining step | tokens seen | dev F1 | seeds |\n|---|---:|---:|---:|---:|")
@@ -306,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="pharmaconer,meddocan,cantemist", type=lambda s: s.split(","))
     parser.add_argument("--seeds", default="42,43,44", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--scratch", default="", help="output folder of the small model's pretraining (rows a, b)")
+    parser.add_argument("--variant", default="", help="table: a name for cells run with --set overrides "
+                        "(<task>-<row>-<variant>), beside the row's own cells")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="table: a jobs/finetune_ner.py override for every cell of the variant (repeatable)")
     parser.add_argument("--continual", default="", help="output folder of MiniLM's continued pretraining (row d)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -314,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in args.rows if r not in ROWS] + [t for t in args.tasks if t not in TASKS]
     if bad:
         raise SystemExit(f"unknown rows or tasks: {bad}")
+    if bool(args.variant) != bool(args.set) or "-" in args.variant or args.variant.startswith("step"):
+        raise SystemExit("--variant NAME and --set KEY=VALUE go together; NAME has no '-' and does not start with 'step'")
     {"table": cmd_table, "curve": cmd_curve, "report": cmd_report}[args.command](args)
     return 0
 
