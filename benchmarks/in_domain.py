@@ -42,7 +42,8 @@ ROWS = {"a": "small model, random weights", "b": "small model, pretrained from s
         "c": "MiniLM-L6 (general-domain English)", "d": "MiniLM-L6, continued on the clinical corpus"}
 # the same data slice for every row; the same recipe within a row pair
 SLICE = ["data.train_sentences=2000", "data.max_length=128", "data.group_by_length=true", "trainer.global_batch=16",
-         "trainer.micro_batch=16", "trainer.launcher=local", "trainer.cpus_per_worker=2", "tracking.register=false"]
+         "trainer.micro_batch=16", "trainer.launcher=local", "tracking.register=false"]
+CPUS = [2]  # torch threads of a cell (--cpus); not part of a run's identity, so a cell resumes across it
 RECIPES = {"small": ["epochs=5", "warmup_fraction=0.1", "optim.lr=1e-3"],
            "minilm": ["epochs=2", "warmup_fraction=0.1", "optim.lr=3e-4"]}
 PUBLISHED = {"pharmaconer": 0.8913, "cantemist": 0.8340}  # bsc-bio-ehr-es model card, entity F1
@@ -67,7 +68,8 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
             return done
         log.info("%s: rerun (other seeds, or another model than %s)", out, done["model"])
     cmd = [sys.executable, str(REPO / "jobs" / "finetune_ner.py"), "--config", TASKS[task], "--model", model,
-           *SLICE, *RECIPES[recipe], f"seeds=[{','.join(map(str, seeds))}]", f"task={task}-{name}",
+           *SLICE, f"trainer.cpus_per_worker={CPUS[0]}", *RECIPES[recipe], f"seeds=[{','.join(map(str, seeds))}]",
+           f"task={task}-{name}",
            f"output={out}", *extra]
     log.info("%s: %s", f"{task}-{name}", " ".join(cmd))
     t0 = time.time()
@@ -300,7 +302,7 @@ def plot(curve, run: Path | None = None) -> None:
     ax.set_ylabel("NER entity F1 on dev")
     ax.set_ylim(0, 1)
     seeds = sorted({len(r["seeds"]) for *_, r in curve})
-    ax.set_title(f"4 x 256 pretrained on the clinical corpus: NER dev F1 ({'-'.join(map(str, seeds))} seeds a point;"
+    ax.set_title(f"4 x 256 pretrained on the clinical corpus: NER dev F1 ({'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} a point;"
                  " bars: std)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -320,11 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(<task>-<row>-<variant>), beside the row's own cells")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="table: a jobs/finetune_ner.py override for every cell of the variant (repeatable)")
+    parser.add_argument("--cpus", type=int, default=2, help="torch threads per cell (1 to run two chains side by side)")
     parser.add_argument("--continual", default="", help="output folder of MiniLM's continued pretraining (row d)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(REPO / "platform"))
     ROOT.mkdir(parents=True, exist_ok=True)
+    CPUS[0] = args.cpus
     bad = [r for r in args.rows if r not in ROWS] + [t for t in args.tasks if t not in TASKS]
     if bad:
         raise SystemExit(f"unknown rows or tasks: {bad}")
