@@ -247,8 +247,8 @@ def extrapolate(curve) -> list[dict[str, Any]]:
             intercept, slope, r2 = fit_log_linear(pairs)
             target = PUBLISHED[task]
             need = 10 ** ((target - intercept) / slope) if slope > 0 else None
-            out.append({"task": task, "target": target, "points": f"{label}: {len({t for t, _ in pairs})} x "
-                        f"{len(pairs) // len({t for t, _ in pairs})} seeds", "slope": slope, "r2": r2,
+            out.append({"task": task, "target": target, "points": f"{label}: {len({t for t, _ in pairs})} points, "
+                        f"{len(pairs)} runs", "slope": slope, "r2": r2,
                         "tokens_to_target": need if need is None or math.isfinite(need) else None})
     return out
 
@@ -262,6 +262,8 @@ def _curve_rows(run: Path | None) -> list[tuple[str, int, int, dict[str, Any]]]:
     out = []
     for task in TASKS:
         steps = sorted(int(p.name.rsplit("step", 1)[1]) for p in ROOT.glob(f"{task}-b-step*") if p.is_dir())
+        if not steps:  # a task without a curve: its rows a and b are the table's, not two lone points
+            continue
         for name, step in [("a", 0), *[(f"b-step{n}", n) for n in steps], ("b", last)]:
             path = ROOT / f"{task}-{name}" / "results.json"
             if path.is_file():

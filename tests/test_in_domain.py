@@ -35,7 +35,7 @@ def test_extrapolation_skips_all_o_points_and_says_never_for_a_flat_trend():
              ("pharmaconer", 1200, 2 * 10**7, cell(0.48))]
     fits = {(f["task"], f["points"].split(":")[0]): f for f in in_domain.extrapolate(curve)}
     whole = fits["cantemist", "past the step"]
-    assert whole["points"] == "past the step: 2 x 2 seeds"
+    assert whole["points"] == "past the step: 2 points, 4 runs"
     assert whole["slope"] == pytest.approx(0.05)
     # 0.45 at 1e7, +0.05 per decade: 0.834 lies 7.68 decades further
     assert math.log10(whole["tokens_to_target"]) == pytest.approx(7 + (0.834 - 0.45) / 0.05)
