@@ -64,6 +64,7 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
     if results.is_file():
         done = json.loads(results.read_text())
         same = done["model"] == str(Path(model).resolve()) or ("init=random" in extra and same_shape(done["model"], model))
+        same = same and done.get("variant", []) == overrides(extra)  # a variant's name reused with other --set
         if sorted(s["seed"] for s in done["seeds"]) == sorted(seeds) and same:
             return done
         log.info("%s: rerun (other seeds, or another model than %s)", out, done["model"])
@@ -77,9 +78,14 @@ def finetune(task: str, name: str, model: str, recipe: str, seeds: list[int], ex
         subprocess.run(cmd, cwd=REPO, check=True, stdout=fh, stderr=subprocess.STDOUT)
     done = json.loads(results.read_text())
     done["wall_seconds"] = round(time.time() - t0, 1)
-    done["variant"] = [e for e in extra if e != "init=random"]
+    done["variant"] = overrides(extra)
     results.write_text(json.dumps(done, indent=2))
     return done
+
+
+def overrides(extra: list[str] | tuple[str, ...]) -> list[str]:
+    """A cell's --set overrides: its extra arguments but the row's own (init=random)."""
+    return [e for e in extra if e != "init=random"]
 
 
 def same_shape(a: str, b: str) -> bool:
